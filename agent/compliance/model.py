@@ -1,0 +1,132 @@
+"""Plain, frozen data the compliance engine works on and returns.  No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+PrincipalKey = tuple[str, str]  # (directory, objectGUID)
+
+ERROR = "error"
+WARNING = "warning"
+
+# Finding kinds: a public contract (the JSON report's "kind").  Extend, never rename.
+UNLICENSED_USER = "unlicensed_user"
+UNLICENSED_DEVICE = "unlicensed_device"
+SHORTFALL = "shortfall"
+OVER_ASSIGNED = "over_assigned"
+STALE_ASSIGNMENT = "stale_assignment"
+ORPHAN_ASSIGNMENT = "orphan_assignment"
+TYPE_MISMATCH = "type_mismatch"
+UNKNOWN_GROUP = "unknown_group"
+
+SEVERITY = {
+    UNLICENSED_USER: ERROR,
+    UNLICENSED_DEVICE: ERROR,
+    SHORTFALL: ERROR,
+    OVER_ASSIGNED: ERROR,
+    TYPE_MISMATCH: ERROR,
+    UNKNOWN_GROUP: ERROR,  # a selector that matches nothing would otherwise look "compliant"
+    STALE_ASSIGNMENT: WARNING,
+    ORPHAN_ASSIGNMENT: WARNING,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A principal as the rules see it (read from the store)."""
+
+    directory: str
+    guid: str
+    kind: str  # user | group | computer
+    name: str
+    dn: str
+    state: str
+    display_name: str | None = None
+    state_since: datetime | None = None
+
+    @property
+    def key(self) -> PrincipalKey:
+        return (self.directory, self.guid)
+
+
+@dataclass(frozen=True)
+class DirectoryView:
+    """Every known principal and the direct memberships between them."""
+
+    principals: tuple[Principal, ...]
+    memberships: tuple[tuple[PrincipalKey, PrincipalKey], ...] = ()  # (group, member)
+    directories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRef:
+    kind: str
+    name: str
+    directory: str | None
+    dn: str | None = None
+    display_name: str | None = None
+    state: str | None = None
+    guid: str | None = None
+
+    @classmethod
+    def of(cls, p: Principal) -> "PrincipalRef":
+        return cls(kind=p.kind, name=p.name, directory=p.directory, dn=p.dn, display_name=p.display_name,
+                   state=p.state, guid=p.guid)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str
+    message: str
+    product: str | None = None
+    version: str | None = None
+    cal_type: str | None = None
+    principal: PrincipalRef | None = None
+    purchase: str | None = None
+    reason: str | None = None
+    since: datetime | None = None
+    details: tuple[tuple[str, Any], ...] = field(default=())
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY.get(self.kind, WARNING)
+
+    @property
+    def key(self) -> str:
+        """Identity across runs, for drift: what the finding is about, not its wording or counts."""
+        who = ""
+        if self.principal is not None:
+            who = f"{self.principal.directory or ''}/{self.principal.guid or self.principal.name.lower()}"
+        return "|".join([self.kind, who, self.product or "", self.version or "", self.cal_type or "",
+                         self.purchase or "", self.reason or ""])
+
+
+@dataclass(frozen=True, slots=True)
+class ProductLine:
+    product: str
+    product_name: str
+    version: str
+    cal_type: str
+    required: int
+    owned: int
+    assigned: int
+
+    @property
+    def shortfall(self) -> int:
+        return max(0, self.required - self.owned)
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    products: tuple[ProductLine, ...]
+    findings: tuple[Finding, ...]
+
+    @property
+    def compliant(self) -> bool:
+        return not any(f.severity == ERROR for f in self.findings)
+
+    @property
+    def shortfall(self) -> int:
+        return sum(line.shortfall for line in self.products)

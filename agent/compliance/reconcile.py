@@ -1,0 +1,300 @@
+"""Reconcile: who needs what (wanted) against what is owned and assigned (diff).
+
+``reconcile`` is a pure function: plain data in, a frozen ``Reconciliation`` out, same output for
+the same input (findings are sorted).  It reads nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from agent.compliance import model as m
+from agent.compliance.model import (
+    DirectoryView,
+    Finding,
+    Principal,
+    PrincipalKey,
+    PrincipalRef,
+    ProductLine,
+    Reconciliation,
+)
+from agent.config import Requirement, Selector
+from agent.directory.decode import dn_is_under, dn_key
+from agent.inventory.register import Assignment, Inventory, Purchase
+from agent.inventory.versions import normalise_version, parse_version, version_covers
+from agent.store.models import PrincipalState
+
+_KIND_FOR_CAL_TYPE = {"user": "user", "device": "computer"}
+_STALE_STATES = {
+    PrincipalState.DISABLED.value,
+    PrincipalState.EXPIRED.value,
+    PrincipalState.INACTIVE.value,
+    PrincipalState.DELETED.value,
+    PrincipalState.MISSING.value,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """``principal`` needs a ``product`` CAL of at least ``version`` and type ``cal_type``."""
+
+    principal: PrincipalKey
+    product: str
+    version: str
+    cal_type: str
+    requirements: tuple[str, ...]
+
+
+class _Index:
+    """Look-ups over a DirectoryView: by key, by name, by DN, and the membership graph."""
+
+    def __init__(self, view: DirectoryView) -> None:
+        self.by_key: dict[PrincipalKey, Principal] = {p.key: p for p in view.principals}
+        self.by_name: dict[tuple[str, str], list[Principal]] = defaultdict(list)
+        self.by_dn: dict[tuple[str, str], Principal] = {}
+        for p in view.principals:
+            self.by_name[(p.kind, p.name.lower())].append(p)
+            if p.state not in (PrincipalState.DELETED.value, PrincipalState.MISSING.value):
+                self.by_dn[(p.directory, dn_key(p.dn))] = p
+        self.children: dict[PrincipalKey, list[PrincipalKey]] = defaultdict(list)
+        for group, member in view.memberships:
+            self.children[group].append(member)
+        self.directories = tuple(sorted({p.directory for p in view.principals} | set(view.directories)))
+
+    def groups_named(self, ref: str, directory: str | None) -> list[Principal]:
+        """A group given by DN or by sAMAccountName (case-insensitive)."""
+        dirs = [directory] if directory else list(self.directories)
+        if "=" in ref:
+            found = [self.by_dn.get((d, dn_key(ref))) for d in dirs]
+            return [g for g in found if g is not None and g.kind == "group"]
+        return [g for g in self.by_name.get(("group", ref.lower()), [])
+                if (directory is None or g.directory == directory)
+                and g.state not in (PrincipalState.DELETED.value, PrincipalState.MISSING.value)]
+
+    def transitive_members(self, groups: Iterable[Principal]) -> set[PrincipalKey]:
+        """Every principal reachable below the groups (nesting, cycles tolerated)."""
+        seen: set[PrincipalKey] = set()
+        stack = [g.key for g in groups]
+        expanded: set[PrincipalKey] = set()
+        while stack:
+            group = stack.pop()
+            if group in expanded:
+                continue
+            expanded.add(group)
+            for member in self.children.get(group, ()):
+                if member not in seen:
+                    seen.add(member)
+                    stack.append(member)
+        return seen
+
+
+def select_principals(requirement: Requirement, index: _Index, problems: list[Finding]) -> list[Principal]:
+    """The active principals a requirement applies to (the *wanted* side)."""
+    selector: Selector = requirement.users if requirement.cal_type == "user" else requirement.computers
+    kind = _KIND_FOR_CAL_TYPE[requirement.cal_type]
+    candidates = [p for p in index.by_key.values()
+                  if p.kind == kind and p.state == PrincipalState.ACTIVE.value
+                  and (requirement.directory is None or p.directory == requirement.directory)]
+    if selector.ou:
+        candidates = [p for p in candidates if dn_is_under(p.dn, selector.ou)]
+    if selector.group:
+        groups = index.groups_named(selector.group, requirement.directory)
+        if not groups:
+            problems.append(_unknown_group(requirement, selector.group, "group"))
+        members = index.transitive_members(groups)
+        candidates = [p for p in candidates if p.key in members]
+    for excluded in selector.exclude:
+        groups = index.groups_named(excluded, requirement.directory)
+        if not groups:
+            problems.append(_unknown_group(requirement, excluded, "exclude"))
+            continue
+        members = index.transitive_members(groups)
+        candidates = [p for p in candidates if p.key not in members]
+    return candidates
+
+
+def _unknown_group(requirement: Requirement, group: str, key: str) -> Finding:
+    return Finding(
+        kind=m.UNKNOWN_GROUP,
+        product=requirement.product,
+        version=normalise_version(requirement.version),
+        cal_type=requirement.cal_type,
+        reason=key,
+        message=f"requirement {requirement.name!r}: {key} group {group!r} was not found in any directory read, "
+        f"so the requirement cannot be judged; check the name (sAMAccountName or DN)",
+        details=(("requirement", requirement.name), ("group", group)),
+    )
+
+
+def wanted(requirements: Sequence[Requirement], index: _Index, problems: list[Finding]) -> list[Need]:
+    """One need per principal and (product, cal_type), at the highest version any requirement asks."""
+    needs: dict[tuple[PrincipalKey, str, str], Need] = {}
+    for requirement in requirements:
+        version = normalise_version(requirement.version)
+        for principal in select_principals(requirement, index, problems):
+            slot = (principal.key, requirement.product, requirement.cal_type)
+            current = needs.get(slot)
+            if current is None or parse_version(version) > parse_version(current.version):
+                names = (current.requirements if current else ()) + (requirement.name,)
+                needs[slot] = Need(principal.key, requirement.product, version, requirement.cal_type, names)
+            elif requirement.name not in current.requirements:
+                needs[slot] = Need(current.principal, current.product, current.version, current.cal_type,
+                                   current.requirements + (requirement.name,))
+    return list(needs.values())
+
+
+def _covers(purchase: Purchase, product: str, version: str, cal_type: str, inventory: Inventory, today: date) -> bool:
+    return (
+        purchase.valid_on(today)
+        and purchase.cal_type == cal_type
+        and inventory.catalog.grants(purchase.product, product)
+        and version_covers(purchase.version, version)
+    )
+
+
+def _cal_label(inventory: Inventory, product: str, version: str, cal_type: str) -> str:
+    return f"{inventory.catalog.name(product)} {version} ({cal_type})"
+
+
+def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventory: Inventory, *,
+              today: date) -> Reconciliation:
+    index = _Index(view)
+    findings: list[Finding] = []
+    needs = wanted(requirements, index, findings)
+
+    # Resolve assignments to principals.
+    held: dict[PrincipalKey, list[Purchase]] = defaultdict(list)
+    seats_used: dict[str, set[tuple]] = defaultdict(set)
+    for assignment in inventory.assignments:
+        purchase = inventory.by_id[assignment.purchase]
+        seats_used[purchase.id].add((assignment.directory, assignment.principal.lower()))
+        holders = _resolve(assignment, purchase, index)
+        if holders is None:
+            findings.append(_orphan(assignment, purchase))
+            continue
+        wrong_kind = [h for h in holders if h.kind != _KIND_FOR_CAL_TYPE[purchase.cal_type]]
+        for holder in holders:
+            if holder in wrong_kind:
+                findings.append(Finding(
+                    kind=m.TYPE_MISMATCH, product=purchase.product, version=purchase.version,
+                    cal_type=purchase.cal_type, principal=PrincipalRef.of(holder), purchase=purchase.id,
+                    message=f"{purchase.id} is a {purchase.cal_type} CAL but {holder.name} is a {holder.kind}; "
+                    f"it licenses nothing",
+                ))
+                continue
+            held[holder.key].append(purchase)
+            if holder.state in _STALE_STATES:
+                findings.append(Finding(
+                    kind=m.STALE_ASSIGNMENT, product=purchase.product, version=purchase.version,
+                    cal_type=purchase.cal_type, principal=PrincipalRef.of(holder), purchase=purchase.id,
+                    reason=holder.state, since=holder.state_since,
+                    message=f"{holder.name} holds a seat of {purchase.id} but is {holder.state}"
+                    + (f" since {holder.state_since:%Y-%m-%d}" if holder.state_since else "")
+                    + "; release the seat",
+                ))
+
+    # Unlicensed principals.
+    licensed: dict[tuple[str, str, str], int] = defaultdict(int)
+    rows: dict[tuple[str, str, str], int] = defaultdict(int)
+    for need in needs:
+        principal = index.by_key[need.principal]
+        rows[(need.product, need.version, need.cal_type)] += 1
+        purchases = held.get(need.principal, [])
+        if any(_covers(p, need.product, need.version, need.cal_type, inventory, today) for p in purchases):
+            licensed[(need.product, need.version, need.cal_type)] += 1
+            continue
+        older = sorted({p.version for p in purchases if p.cal_type == need.cal_type
+                        and inventory.catalog.grants(p.product, need.product)})
+        detail = f"; holds only {', '.join(older)}" if older else " and holds none"
+        kind = m.UNLICENSED_USER if need.cal_type == "user" else m.UNLICENSED_DEVICE
+        findings.append(Finding(
+            kind=kind, product=need.product, version=need.version, cal_type=need.cal_type,
+            principal=PrincipalRef.of(principal),
+            message=f"{principal.name} needs a {_cal_label(inventory, need.product, need.version, need.cal_type)} "
+            f"CAL (requirement {', '.join(need.requirements)}){detail}",
+            details=(("requirements", need.requirements),),
+        ))
+
+    products = _product_lines(rows, licensed, inventory, today)
+    for line in products:
+        if line.shortfall:
+            findings.append(Finding(
+                kind=m.SHORTFALL, product=line.product, version=line.version, cal_type=line.cal_type,
+                message=f"{_cal_label(inventory, line.product, line.version, line.cal_type)}: {line.required} "
+                f"required, {line.owned} owned: buy {line.shortfall} more",
+                details=(("required", line.required), ("owned", line.owned), ("shortfall", line.shortfall)),
+            ))
+
+    for purchase in inventory.purchases:
+        used = len(seats_used.get(purchase.id, ()))
+        if used > purchase.quantity:
+            findings.append(Finding(
+                kind=m.OVER_ASSIGNED, product=purchase.product, version=purchase.version,
+                cal_type=purchase.cal_type, purchase=purchase.id,
+                message=f"{purchase.id} has {used} assignments for {purchase.quantity} seats: "
+                f"remove {used - purchase.quantity} or buy more",
+                details=(("assigned", used), ("quantity", purchase.quantity)),
+            ))
+    return Reconciliation(products=products, findings=tuple(sorted(set(findings), key=_finding_order)))
+
+
+def _resolve(assignment: Assignment, purchase: Purchase, index: _Index) -> list[Principal] | None:
+    """The principal(s) an assignment names: by the kind its CAL type implies, else any kind."""
+    name = assignment.principal.lower()
+    wanted_kind = _KIND_FOR_CAL_TYPE[purchase.cal_type]
+    for kind in (wanted_kind, *(k for k in ("user", "computer") if k != wanted_kind)):
+        found = [p for p in index.by_name.get((kind, name), [])
+                 if assignment.directory is None or p.directory == assignment.directory]
+        if found:
+            return found
+    return None
+
+
+def _orphan(assignment: Assignment, purchase: Purchase) -> Finding:
+    kind = _KIND_FOR_CAL_TYPE[purchase.cal_type]
+    return Finding(
+        kind=m.ORPHAN_ASSIGNMENT, product=purchase.product, version=purchase.version, cal_type=purchase.cal_type,
+        principal=PrincipalRef(kind=kind, name=assignment.principal, directory=assignment.directory),
+        purchase=purchase.id,
+        message=f"{purchase.id} is assigned to {assignment.principal!r}, a name never seen in the directory; "
+        "fix the name or release the seat",
+    )
+
+
+def _product_lines(rows: dict[tuple[str, str, str], int], licensed: dict[tuple[str, str, str], int],
+                   inventory: Inventory, today: date) -> tuple[ProductLine, ...]:
+    """Per product/version/type: required vs owned.  A newer CAL may serve an older requirement,
+    so within a product and CAL type the rows are filled most demanding version first; each row's
+    `owned` is what is left for it (the eligible sets are nested, so this greedy fill is optimal)."""
+    keys = set(rows)
+    for p in inventory.purchases:
+        if p.valid_on(today) and not any(_covers(p, prod, ver, ct, inventory, today) for prod, ver, ct in rows):
+            keys.add((p.product, p.version, p.cal_type))
+    lines: list[ProductLine] = []
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for product, version, cal_type in keys:
+        groups[(product, cal_type)].append(version)
+    for (product, cal_type), versions in groups.items():
+        consumed = 0
+        for version in sorted(versions, key=parse_version, reverse=True):
+            eligible = sum(p.quantity for p in inventory.purchases
+                           if _covers(p, product, version, cal_type, inventory, today))
+            owned = max(0, eligible - consumed)
+            required = rows.get((product, version, cal_type), 0)
+            consumed += min(required, owned)
+            lines.append(ProductLine(product=product, product_name=inventory.catalog.name(product),
+                                     version=version, cal_type=cal_type, required=required, owned=owned,
+                                     assigned=licensed.get((product, version, cal_type), 0)))
+    return tuple(sorted(lines, key=lambda l: (l.product, l.cal_type, parse_version(l.version))))
+
+
+_SEVERITY_ORDER = {m.ERROR: 0, m.WARNING: 1}
+
+
+def _finding_order(f: Finding):
+    return (_SEVERITY_ORDER.get(f.severity, 2), f.kind, f.product or "", f.version or "", f.cal_type or "",
+            f.principal.directory or "" if f.principal else "", f.principal.name.lower() if f.principal else "",
+            f.purchase or "", f.key)

@@ -1,0 +1,372 @@
+"""Live reader for Active Directory (and Samba AD) over LDAP with ldap3.
+
+Design choices, each for a reason (see docs/directory.md):
+- TLS always: LDAPS, or StartTLS on ldap:// URLs.  Certificate verification is on unless the
+  admin sets ``tls.verify: false``; ldap3's own default is CERT_NONE, so we always pass ``Tls``.
+- Simple bind over TLS: AD and Samba refuse simple binds on cleartext, and ldap3's SASL layers
+  cannot sign or seal.
+- No schema download (``get_info=NONE``) and raw attribute values, decoded by ``ad_entries``.
+- One paged search (page size 1000 = AD's MaxPageSize) for users, groups and computers, consumed
+  page by page; large ``member`` values are fetched with ranged reads (``member;range=N-*``).
+- Tombstones are read with the Show Deleted control so a deleted user is known as deleted.
+- Any error makes the whole read fail: the caller applies nothing (a partial read must never turn
+  absent principals into leavers).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import ssl
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import ldap3
+import structlog
+from ldap3.core import exceptions as ldap_exc
+from pydantic import SecretStr
+
+from agent.config import ActiveDirectoryConfig
+from agent.directory import decode
+from agent.directory.ad_entries import (
+    AD_ATTRIBUTES,
+    AD_PRINCIPAL_FILTER,
+    AD_TOMBSTONE_ATTRIBUTES,
+    AD_TOMBSTONE_FILTER,
+    entry_from_ad,
+    tombstone_parent,
+)
+from agent.directory.records import DirectoryEntry, EntryKind, ReadStats
+from agent.errors import DirectoryError
+
+PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
+SHOW_DELETED_OID = "1.2.840.113556.1.4.417"
+_RANGE_RE = re.compile(r"^(?P<attr>[^;]+);range=(?P<low>\d+)-(?P<high>\d+|\*)$", re.IGNORECASE)
+_MAX_RANGE_ROUNDS = 100_000  # a server that never says "*" must not loop us forever
+
+log = structlog.get_logger("agent.directory.ad")
+
+
+class ActiveDirectoryReader:
+    def __init__(self, config: ActiveDirectoryConfig, password: SecretStr) -> None:
+        self.config = config
+        self._password = password
+        self.stats = ReadStats()
+        parts = urlsplit(config.url)
+        self.host = parts.hostname or ""
+        self.use_ssl = parts.scheme == "ldaps"
+        self.port = parts.port or (636 if self.use_ssl else 389)
+        self.root_dse: dict[str, str] = {}
+
+    def describe(self) -> str:
+        return f"{self.config.url} as {self.config.bind_dn}"
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _tls(self) -> ldap3.Tls:
+        tls = self.config.tls
+        if not tls.verify:
+            log.warning(
+                "tls.verification_disabled",
+                directory=self.config.name,
+                why="tls.verify is false: the DC's identity is not checked and the bind password "
+                "can be intercepted",
+            )
+        return ldap3.Tls(
+            validate=ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE,
+            ca_certs_file=str(tls.ca_file) if tls.ca_file else None,
+            version=ssl.PROTOCOL_TLS_CLIENT if tls.verify else ssl.PROTOCOL_TLS,
+        )
+
+    def connect(self) -> ldap3.Connection:
+        server = ldap3.Server(
+            self.host,
+            port=self.port,
+            use_ssl=self.use_ssl,
+            tls=self._tls(),
+            get_info=ldap3.NONE,
+            connect_timeout=self.config.timeout,
+        )
+        conn = ldap3.Connection(
+            server,
+            user=self.config.bind_dn,
+            password=self._password.get_secret_value(),
+            authentication=ldap3.SIMPLE,
+            read_only=True,
+            raise_exceptions=True,
+            receive_timeout=self.config.timeout,
+            auto_range=False,  # we do ranged reads ourselves, streaming, with a loop guard
+            auto_referrals=False,
+            return_empty_attributes=False,
+        )
+        where = f"{self.config.url} (directory {self.config.name!r})"
+        try:
+            conn.open()
+            if not self.use_ssl:
+                conn.start_tls()
+            conn.bind()
+        except ldap_exc.LDAPInvalidCredentialsResult:
+            raise DirectoryError(
+                f"bind to {where} as {self.config.bind_dn} refused: invalid credentials",
+                hint="check bind_dn and the password source; a disabled or locked account is refused too",
+            ) from None
+        except ldap_exc.LDAPStrongerAuthRequiredResult:
+            raise DirectoryError(
+                f"{where} requires a stronger authentication (TLS was not active)",
+                hint="use an ldaps:// URL",
+            ) from None
+        except ldap_exc.LDAPStartTLSError as exc:
+            raise DirectoryError(f"StartTLS with {where} failed: {_tls_reason(exc)}", hint=_TLS_HINT) from None
+        except ldap_exc.LDAPSocketOpenError as exc:
+            reason = _tls_reason(exc)
+            if "certificate" in reason.lower() or "ssl" in reason.lower() or "tls" in reason.lower():
+                raise DirectoryError(f"TLS handshake with {where} failed: {reason}", hint=_TLS_HINT) from None
+            raise DirectoryError(
+                f"cannot connect to {where}: {reason}",
+                hint="check the host name, port, firewall and that the DC is running",
+            ) from None
+        except ldap_exc.LDAPSocketReceiveError as exc:
+            raise DirectoryError(f"{where} did not answer in {self.config.timeout:g}s: {exc}") from None
+        except ldap_exc.LDAPException as exc:
+            raise DirectoryError(f"cannot bind to {where}: {_ldap_reason(exc)}") from None
+        return conn
+
+    # -- reading --------------------------------------------------------------------------
+
+    def test_connection(self) -> dict[str, Any]:
+        conn = self.connect()
+        try:
+            root = self._read_root_dse(conn)
+            whoami = conn.extend.standard.who_am_i()
+            return {
+                "server": root.get("dnsHostName") or self.host,
+                "bound_as": whoami,
+                "default_naming_context": root.get("defaultNamingContext"),
+                "highest_committed_usn": root.get("highestCommittedUSN"),
+                "tls": "ldaps" if self.use_ssl else "starttls",
+                "certificate_verified": self.config.tls.verify,
+            }
+        finally:
+            conn.unbind()
+
+    def read(self) -> Iterator[DirectoryEntry]:
+        """Stream every user, group and computer under base_dn, then tombstones."""
+        counts = {kind: 0 for kind in EntryKind}
+        tombstones = searches = pages = 0
+        conn = self.connect()
+        try:
+            self.root_dse = self._read_root_dse(conn)
+            searches += 1
+            for dn, raw, page_count in self._paged_search(conn, self.config.base_dn, AD_PRINCIPAL_FILTER,
+                                                          AD_ATTRIBUTES):
+                pages = max(pages, page_count)
+                raw = self._complete_ranges(conn, dn, raw)
+                entry = self._entry(dn, raw)
+                if entry is None or entry.deleted:
+                    continue
+                counts[entry.kind] += 1
+                yield entry
+            if self.config.read_deleted:
+                for entry in self._read_tombstones(conn):
+                    tombstones += 1
+                    yield entry
+                searches += 1
+        except ldap_exc.LDAPSizeLimitExceededResult:
+            raise DirectoryError(
+                f"{self.config.url}: sizeLimitExceeded while paging; the read is incomplete and was discarded",
+                hint="the DC ignored paging or has a low MaxResultSetSize; check the LDAP policy",
+            ) from None
+        except ldap_exc.LDAPTimeLimitExceededResult:
+            raise DirectoryError(
+                f"{self.config.url}: timeLimitExceeded; the read is incomplete and was discarded",
+                hint="the DC's MaxQueryDuration was hit; a narrower base_dn or a less busy DC helps",
+            ) from None
+        except ldap_exc.LDAPNoSuchObjectResult:
+            raise DirectoryError(
+                f"{self.config.url}: base_dn {self.config.base_dn!r} does not exist",
+                hint="check directories[].base_dn",
+            ) from None
+        except ldap_exc.LDAPReferralResult:
+            raise DirectoryError(
+                f"{self.config.url}: the DC referred us elsewhere for {self.config.base_dn!r}",
+                hint="base_dn must be in a naming context this DC holds",
+            ) from None
+        except (ldap_exc.LDAPSocketReceiveError, ldap_exc.LDAPSocketSendError,
+                ldap_exc.LDAPSessionTerminatedByServerError, ldap_exc.LDAPSocketOpenError) as exc:
+            raise DirectoryError(
+                f"connection to {self.config.url} lost during the read: {_ldap_reason(exc)}; "
+                "the read is incomplete and was discarded",
+            ) from None
+        except ldap_exc.LDAPException as exc:
+            raise DirectoryError(
+                f"{self.config.url}: search failed: {_ldap_reason(exc)}; the read was discarded"
+            ) from None
+        finally:
+            try:
+                conn.unbind()
+            except ldap_exc.LDAPException:
+                pass
+        self.stats = ReadStats(
+            users=counts[EntryKind.USER],
+            groups=counts[EntryKind.GROUP],
+            computers=counts[EntryKind.COMPUTER],
+            tombstones=tombstones,
+            searches=searches + 1,
+            pages=pages,
+        )
+
+    def _entry(self, dn: str, raw: dict[str, list[bytes]]) -> DirectoryEntry | None:
+        try:
+            return entry_from_ad(dn, raw)
+        except ValueError as exc:
+            raise DirectoryError(
+                f"{self.config.url}: cannot decode {dn}: {exc}",
+                hint="the read was discarded; nothing was changed",
+            ) from None
+
+    def _read_root_dse(self, conn: ldap3.Connection) -> dict[str, str]:
+        attrs = ["defaultNamingContext", "highestCommittedUSN", "dsServiceName", "dnsHostName"]
+        self._log_search("", "(objectClass=*)", attrs, scope="base")
+        conn.search("", "(objectClass=*)", ldap3.BASE, attributes=attrs)
+        out: dict[str, str] = {}
+        for item in conn.response or []:
+            if item.get("type") == "searchResEntry":
+                for name, values in item["raw_attributes"].items():
+                    if values:
+                        out[name] = decode.text(values[0]) or ""
+        return out
+
+    def _paged_search(self, conn: ldap3.Connection, base: str, search_filter: str, attributes, *,
+                      scope=ldap3.SUBTREE, controls=None) -> Iterator[tuple[str, dict[str, list[bytes]], int]]:
+        self._log_search(base, search_filter, attributes, scope="one" if scope == ldap3.LEVEL else "sub",
+                         show_deleted=bool(controls))
+        cookie: bytes | None = None
+        page = 0
+        seen_cookies: set[bytes] = set()
+        while True:
+            conn.search(
+                base,
+                search_filter,
+                scope,
+                attributes=list(attributes),
+                paged_size=self.config.page_size,
+                paged_cookie=cookie,
+                paged_criticality=True,  # a DC that cannot page must say so, not truncate silently
+                controls=controls,
+            )
+            page += 1
+            for item in conn.response or []:
+                if item.get("type") != "searchResEntry":
+                    continue  # continuation references to other partitions are not ours
+                yield item["dn"], item["raw_attributes"], page
+            cookie = (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID, {}).get("value", {}).get("cookie")
+            if not cookie:
+                return
+            if cookie in seen_cookies:
+                raise DirectoryError(f"{self.config.url}: the server repeated a paging cookie; read discarded")
+            seen_cookies.add(cookie)
+
+    def _complete_ranges(self, conn: ldap3.Connection, dn: str, raw: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
+        """AD returns at most MaxValRange (1500) values of ``member`` and names the attribute
+        ``member;range=0-1499``; fetch the rest with base searches until the range ends in ``*``."""
+        ranged = [name for name in raw if ";range=" in name.lower()]
+        if not ranged:
+            return raw
+        out = dict(raw)
+        for name in ranged:
+            match = _RANGE_RE.match(name)
+            values = list(out.pop(name))
+            if match is None:
+                raise DirectoryError(f"{self.config.url}: cannot parse ranged attribute {name!r} of {dn}")
+            attr, high = match["attr"], match["high"]
+            if high != "*":
+                values.extend(read_ranged_values(conn, dn, attr, int(high) + 1, self.config.range_size))
+            out.setdefault(attr, []).extend(values)
+        return out
+
+    def _read_tombstones(self, conn: ldap3.Connection) -> Iterator[DirectoryEntry]:
+        naming_context = self.root_dse.get("defaultNamingContext") or self.config.base_dn
+        base = f"CN=Deleted Objects,{naming_context}"
+        try:
+            for dn, raw, _page in self._paged_search(conn, base, AD_TOMBSTONE_FILTER, AD_TOMBSTONE_ATTRIBUTES,
+                                                     scope=ldap3.LEVEL,
+                                                     controls=[(SHOW_DELETED_OID, True, None)]):
+                parent = tombstone_parent(raw)
+                if parent and not decode.dn_is_under(parent, self.config.base_dn):
+                    continue
+                entry = self._entry(dn, raw)
+                if entry is not None:
+                    yield entry
+        except (ldap_exc.LDAPNoSuchObjectResult, ldap_exc.LDAPInsufficientAccessRightsResult) as exc:
+            # By default only administrators may list CN=Deleted Objects in AD.  Without that
+            # right deletions still show up, as "missing" after a complete read.
+            log.warning(
+                "ldap.tombstones_unreadable",
+                directory=self.config.name,
+                base=base,
+                error=_ldap_reason(exc),
+                consequence="deleted principals will be reported as missing instead of deleted",
+            )
+
+    def _log_search(self, base: str, search_filter: str, attributes, *, scope: str,
+                    show_deleted: bool = False) -> None:
+        # A reproducible query for the admin: the same search with OpenLDAP's ldapsearch.  -W makes
+        # ldapsearch prompt for the password, which is never logged.
+        args = ["ldapsearch", "-H", self.config.url, "-x", "-D", self.config.bind_dn, "-W",
+                "-b", base, "-s", scope]
+        if not self.use_ssl:
+            args.insert(1, "-ZZ")
+        if scope != "base":
+            args += ["-E", f"pr={self.config.page_size}/noprompt"]
+        if show_deleted:
+            args += ["-E", f"!{SHOW_DELETED_OID}"]
+        args += [search_filter, *attributes]
+        log.debug("ldap.search", directory=self.config.name, query=shlex.join(args))
+
+
+def read_ranged_values(conn: ldap3.Connection, dn: str, attr: str, start: int, step: int) -> list[bytes]:
+    """Read ``attr`` of one entry from index ``start`` on, ``step`` values per request, until the
+    server answers with a range ending in ``*``."""
+    values: list[bytes] = []
+    low = start
+    for _ in range(_MAX_RANGE_ROUNDS):
+        requested = f"{attr};range={low}-{low + step - 1}"
+        conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=[requested])
+        got_name = None
+        for item in conn.response or []:
+            if item.get("type") != "searchResEntry":
+                continue
+            for name, chunk in item["raw_attributes"].items():
+                match = _RANGE_RE.match(name)
+                if match and match["attr"].lower() == attr.lower():
+                    got_name = match
+                    values.extend(chunk)
+                elif name.lower() == attr.lower():
+                    values.extend(chunk)  # server ignored the range option: this is everything
+                    return values
+        if got_name is None or got_name["high"] == "*":
+            return values
+        low = int(got_name["high"]) + 1
+    raise DirectoryError(f"ranged read of {attr} on {dn} did not end after {_MAX_RANGE_ROUNDS} rounds")
+
+
+_TLS_HINT = (
+    "set directories[].tls.ca_file to the PEM file of the CA that issued the DC's certificate, and use "
+    "the host name that certificate names"
+)
+
+
+def _tls_reason(exc: Exception) -> str:
+    text = str(exc)
+    match = re.search(r"(certificate verify failed[^'\"\]\)]*|hostname [^'\"\]\)]*|doesn't match[^'\"\]\)]*)",
+                      text, re.IGNORECASE)
+    return match.group(1).strip() if match else text
+
+
+def _ldap_reason(exc: Exception) -> str:
+    description = getattr(exc, "description", None)
+    message = getattr(exc, "message", None)
+    if description:
+        return f"{description}{f' ({message})' if message else ''}"
+    return str(exc) or exc.__class__.__name__

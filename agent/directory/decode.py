@@ -1,0 +1,152 @@
+"""Decoding of Active Directory wire values into Python values.
+
+Everything here is pure and total: bad input raises ``ValueError`` with what was wrong, which the
+readers turn into a per-entry problem rather than a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from datetime import datetime, timedelta, timezone
+
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
+FILETIME_NEVER = 0x7FFFFFFFFFFFFFFF  # accountExpires "never"
+_MAX_DATETIME_TICKS = int((datetime(9999, 12, 31, tzinfo=timezone.utc) - _FILETIME_EPOCH).total_seconds()) * 10**7
+
+
+def filetime(value: int | str | bytes | None) -> datetime | None:
+    """FILETIME (100-ns ticks since 1601-01-01 UTC) to an aware datetime.
+
+    0 and 0x7FFFFFFFFFFFFFFF mean "never"/"not set" (MS-ADA1 accountExpires), as does a value beyond
+    year 9999 (some tools write -1 or other sentinels); those return None.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii")
+    ticks = int(value)
+    if ticks <= 0 or ticks >= FILETIME_NEVER or ticks > _MAX_DATETIME_TICKS:
+        return None
+    return _FILETIME_EPOCH + timedelta(microseconds=ticks // 10)
+
+
+def to_filetime(moment: datetime | None) -> int:
+    """The inverse of ``filetime``; None becomes "never"."""
+    if moment is None:
+        return FILETIME_NEVER
+    delta = moment.astimezone(timezone.utc) - _FILETIME_EPOCH
+    return (delta.days * 86400 + delta.seconds) * 10**7 + delta.microseconds * 10
+
+
+def generalized_time(value: str | bytes | None) -> datetime | None:
+    """LDAP GeneralizedTime (``20240117093000.0Z``, ``20240117093000Z``) to an aware datetime."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii")
+    text = value.strip()
+    if not text:
+        return None
+    main, _, _fraction = text.rstrip("Z").partition(".")
+    tz = timezone.utc
+    for sign in ("+", "-"):
+        if sign in main:
+            main, _, offset = main.partition(sign)
+            hours, minutes = int(offset[:2]), int(offset[2:4] or 0)
+            delta = timedelta(hours=hours, minutes=minutes)
+            tz = timezone(delta if sign == "+" else -delta)
+    if len(main) < 10 or not main.isdigit():
+        raise ValueError(f"not a GeneralizedTime: {value!r}")
+    main = main.ljust(14, "0")
+    return datetime.strptime(main[:14], "%Y%m%d%H%M%S").replace(tzinfo=tz).astimezone(timezone.utc)
+
+
+def guid(value: bytes) -> str:
+    """Binary objectGUID (little-endian first three fields) to the canonical string form."""
+    if len(value) != 16:
+        raise ValueError(f"objectGUID must be 16 bytes, got {len(value)}")
+    return str(uuid.UUID(bytes_le=bytes(value)))
+
+
+def guid_bytes(text: str) -> bytes:
+    return uuid.UUID(text).bytes_le
+
+
+def sid(value: bytes) -> str:
+    """Binary objectSid to ``S-1-5-21-...``: revision, sub-authority count, 48-bit big-endian
+    authority, then little-endian 32-bit sub-authorities (MS-DTYP 2.4.2.2)."""
+    if len(value) < 8:
+        raise ValueError("objectSid too short")
+    revision, count = value[0], value[1]
+    if len(value) != 8 + 4 * count:
+        raise ValueError(f"objectSid length {len(value)} does not match {count} sub-authorities")
+    authority = int.from_bytes(value[2:8], "big")
+    subs = struct.unpack("<" + "I" * count, value[8:])
+    return "S-" + "-".join(str(part) for part in (revision, authority, *subs))
+
+
+def sid_bytes(text: str) -> bytes:
+    parts = text.split("-")
+    if len(parts) < 3 or parts[0].upper() != "S":
+        raise ValueError(f"not a SID: {text!r}")
+    revision, authority, subs = int(parts[1]), int(parts[2]), [int(p) for p in parts[3:]]
+    return bytes([revision, len(subs)]) + authority.to_bytes(6, "big") + struct.pack("<" + "I" * len(subs), *subs)
+
+
+def text(value: bytes | str | None) -> str | None:
+    """Directory strings are UTF-8; invalid bytes are replaced rather than crashing a sync."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return value.decode("utf-8", errors="replace")
+
+
+def integer(value: bytes | str | int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, bytes):
+        value = value.decode("ascii")
+    return int(value.strip())
+
+
+def dn_key(dn: str) -> str:
+    """A comparison key for DNs: case-insensitive, spaces around separators removed.
+
+    Good enough for AD, which returns DNs in one canonical form; escaped commas survive because
+    only the spaces after an unescaped separator are dropped.
+    """
+    out = []
+    escaped = False
+    skip_space = False
+    for ch in dn:
+        if skip_space and ch == " ":
+            continue
+        skip_space = False
+        if escaped:
+            out.append(ch)
+            escaped = False
+            continue
+        if ch == "\\":
+            escaped = True
+            out.append(ch)
+            continue
+        if ch in ",+":
+            while out and out[-1] == " " and not (len(out) > 1 and out[-2] == "\\"):
+                out.pop()
+            skip_space = True
+        elif ch == "=":
+            while out and out[-1] == " ":
+                out.pop()
+            skip_space = True
+        out.append(ch)
+    return "".join(out).strip().lower()
+
+
+def dn_is_under(dn: str, base: str) -> bool:
+    """True when ``dn`` equals ``base`` or lies in its subtree."""
+    dn_k, base_k = dn_key(dn), dn_key(base)
+    return dn_k == base_k or dn_k.endswith("," + base_k)

@@ -1,0 +1,211 @@
+"""One cycle, in the ldap2pg shape: inspect -> wanted -> diff -> apply.
+
+- inspect: ``sync_directories`` reads each directory into the store (one transaction each);
+  ``load_view`` reads the store back as plain data.
+- wanted + diff: ``agent.compliance.reconcile.reconcile`` (pure).
+- apply: ``reconcile_and_record`` stores the run and its findings; ``write_report_files`` writes
+  the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+
+from agent.compliance.model import DirectoryView, Principal as RulePrincipal, Reconciliation
+from agent.compliance.reconcile import reconcile
+from agent.config import ActiveDirectoryConfig, Config, LdifConfig
+from agent.directory import make_reader
+from agent.errors import CalAgentError, NoDataError, StoreError
+from agent.inventory.register import load_inventory
+from agent.reports.json_report import build_report, iso
+from agent.store.db import Store
+from agent.store.models import Membership, Principal, Run, RunFinding, SyncRun
+from agent.store.sync import SyncOutcome, run_sync
+
+log = structlog.get_logger("agent.engine")
+
+
+@dataclass
+class SyncFailure:
+    directory: str
+    error: CalAgentError
+
+
+def open_store(config: Config) -> Store:
+    return Store(config.database.url)
+
+
+def sync_directories(config: Config, store: Store, only: str | None = None) -> tuple[list[SyncOutcome], list[SyncFailure]]:
+    """Sync every configured directory (or one).  A failure of one does not stop the others."""
+    outcomes, failures = [], []
+    targets = [d for d in config.directories if only is None or d.name == only]
+    if only is not None and not targets:
+        from agent.errors import ConfigError
+
+        raise ConfigError(f"no directory named {only!r} (known: {', '.join(d.name for d in config.directories)})")
+    for directory in targets:
+        judge_at = directory.as_of if isinstance(directory, LdifConfig) else None
+        try:
+            reader = make_reader(directory)
+            outcomes.append(run_sync(store, directory.name, reader, inactive_after_days=directory.inactive_after_days,
+                                     judge_at=judge_at))
+        except StoreError:
+            raise
+        except CalAgentError as exc:
+            failures.append(SyncFailure(directory.name, exc))
+    return outcomes, failures
+
+
+def load_view(store: Store, directories: list[str]) -> DirectoryView:
+    with store.session() as session:
+        rows = session.execute(select(Principal.id, Principal.directory, Principal.guid, Principal.kind,
+                                      Principal.name, Principal.dn, Principal.state, Principal.display_name,
+                                      Principal.state_since).where(Principal.directory.in_(directories))).all()
+        keys = {row.id: (row.directory, row.guid) for row in rows}
+        members = session.execute(select(Membership.group_id, Membership.member_id)).all()
+    principals = tuple(
+        RulePrincipal(directory=r.directory, guid=r.guid, kind=r.kind, name=r.name, dn=r.dn, state=r.state,
+                      display_name=r.display_name, state_since=r.state_since)
+        for r in rows
+    )
+    memberships = tuple((keys[g], keys[m]) for g, m in members if g in keys and m in keys)
+    return DirectoryView(principals=principals, memberships=memberships, directories=tuple(directories))
+
+
+def directory_status(config: Config, store: Store) -> list[dict[str, Any]]:
+    """Per configured directory: its last sync attempt (ok or failed) and the last good one."""
+    out = []
+    with store.session() as session:
+        for d in config.directories:
+            last = session.scalars(select(SyncRun).where(SyncRun.directory == d.name, SyncRun.status != "running")
+                                   .order_by(SyncRun.id.desc()).limit(1)).first()
+            last_ok = session.scalars(select(SyncRun).where(SyncRun.directory == d.name, SyncRun.status == "ok")
+                                      .order_by(SyncRun.id.desc()).limit(1)).first()
+            out.append({
+                "name": d.name,
+                "type": d.type,
+                "source": d.url if isinstance(d, ActiveDirectoryConfig) else str(d.path),
+                "last_sync": _sync_dict(last),
+                "last_successful_sync": _sync_dict(last_ok),
+            })
+    return out
+
+
+def _sync_dict(sync: SyncRun | None) -> dict[str, Any] | None:
+    if sync is None:
+        return None
+    return {"id": sync.id, "status": sync.status, "started_at": iso(sync.started_at),
+            "finished_at": iso(sync.finished_at), "users": sync.users, "groups": sync.groups,
+            "computers": sync.computers, "tombstones": sync.tombstones, "changes": sync.changes,
+            "error": sync.error}
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    reconciliation: Reconciliation
+    report: dict[str, Any]
+
+
+def reconcile_and_record(config: Config, store: Store, *, now: datetime | None = None) -> RunResult:
+    now = now or datetime.now(timezone.utc)
+    inventory = load_inventory(config.inventory)
+    status = directory_status(config, store)
+    never = [d["name"] for d in status if d["last_successful_sync"] is None]
+    if never:
+        # Judging an unread directory would call everyone in it "not required": a false pass.
+        raise NoDataError(
+            f"directory {', '.join(never)} has never been read successfully, so compliance cannot be judged",
+            hint="run `cal-agent sync` (or `cal-agent test-connection`) first",
+        )
+    view = load_view(store, [d.name for d in config.directories])
+    result = reconcile(view, config.requirements, inventory, today=now.date())
+    with store.session() as session:
+        previous_run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
+        previous = previous_run.report if previous_run else None
+        run = Run(created_at=now, compliant=result.compliant, findings=len(result.findings), errors=0, warnings=0,
+                  shortfall=result.shortfall, report={})
+        session.add(run)
+        session.flush()
+        report = build_report(result, run_id=run.id, previous=previous, directories=status, generated_at=now)
+        run.report = report
+        run.errors, run.warnings = report["summary"]["errors"], report["summary"]["warnings"]
+        for f in report["findings"]:
+            session.add(RunFinding(run_id=run.id, key=f["key"], kind=f["kind"], severity=f["severity"]))
+        run_id = run.id
+    log.info("reconcile.finished", run=run_id, compliant=result.compliant, findings=len(result.findings),
+             shortfall=result.shortfall, new=len(report["drift"]["new"]), resolved=len(report["drift"]["resolved"]))
+    return RunResult(run_id=run_id, reconciliation=result, report=report)
+
+
+def stored_report(store: Store, run_id: int | None = None) -> dict[str, Any]:
+    with store.session() as session:
+        if run_id is None:
+            run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
+            if run is None:
+                raise NoDataError("no reconcile has run yet", hint="run `cal-agent reconcile` or `cal-agent run --once`")
+        else:
+            run = session.get(Run, run_id)
+            if run is None:
+                count = session.scalar(select(func.count(Run.id)))
+                raise NoDataError(f"no run {run_id} (there are {count} runs)")
+        return run.report
+
+
+def render(report: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "html":
+        from agent.reports.html import render_html
+
+        return render_html(report)
+    if fmt == "csv":
+        from agent.reports.csv_export import render_findings_csv
+
+        return render_findings_csv(report)
+    raise ValueError(fmt)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically (temp file + rename) with mode 0600: reports name every employee."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_report_files(config: Config, report: dict[str, Any]) -> dict[str, Path]:
+    """run-<id>.{json,html} plus latest.{json,html} in reports.directory."""
+    directory = config.reports.directory
+    written: dict[str, Path] = {}
+    try:
+        for fmt in ("json", "html"):
+            text = render(report, fmt)
+            path = directory / f"run-{report['run']['id']:06d}.{fmt}"
+            write_private(path, text)
+            write_private(directory / f"latest.{fmt}", text)
+            written[fmt] = path
+    except OSError as exc:
+        raise CalAgentError(f"cannot write reports to {directory}: {exc.strerror or exc}",
+                            hint="check reports.directory exists and is writable by the agent") from None
+    return written

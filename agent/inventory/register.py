@@ -1,0 +1,151 @@
+"""The CAL inventory: purchases (what was bought) and assignments (who holds a seat).
+
+Loaded from the inventory YAML file named in the configuration.  Every problem is reported at once
+and names its entry (``purchases[3].quantity: ...``); an inventory with problems is never half
+used.  The file is the source of truth for now; a database-held register comes later and will
+import from it.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.config import format_validation_error
+from agent.errors import InventoryError
+from agent.inventory.catalog import Catalog, Product
+from agent.inventory.versions import normalise_version
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _version(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        return normalise_version(value)
+    return value
+
+
+class ProductEntry(_Strict):
+    key: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    name: Annotated[str, Field(min_length=1)]
+    vendor: str = "Microsoft"
+    kind: Literal["cal", "subscription", "perpetual"] = "cal"
+    cal_types: list[Literal["user", "device"]] = ["user", "device"]
+    base: str | None = None
+    includes: list[str] = []
+
+
+class Purchase(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    product: Annotated[str, Field(min_length=1)]
+    version: str
+    cal_type: Literal["user", "device"]
+    quantity: Annotated[int, Field(ge=0)]
+    purchased_on: date | None = None
+    invoice: str | None = None
+    vendor: str | None = None
+    evidence: str | None = None
+    expires_on: date | None = None
+    notes: str | None = None
+
+    _v = field_validator("version", mode="before")(lambda cls, v: _version(v))
+
+    def valid_on(self, day: date) -> bool:
+        """A purchase counts while it has not expired (subscriptions, time-bound licences)."""
+        return self.expires_on is None or self.expires_on >= day
+
+
+class Assignment(_Strict):
+    purchase: Annotated[str, Field(min_length=1)]
+    principal: Annotated[str, Field(min_length=1)]  # sAMAccountName, or computer name without "$"
+    directory: str | None = None  # needed only when several directories share a name
+    assigned_on: date | None = None
+    notes: str | None = None
+
+    @field_validator("principal")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        value = value.strip()
+        return value[:-1] if value.endswith("$") else value
+
+
+class InventoryFile(_Strict):
+    products: list[ProductEntry] = []
+    purchases: list[Purchase] = []
+    assignments: list[Assignment] = []
+
+
+class Inventory:
+    def __init__(self, purchases: list[Purchase], assignments: list[Assignment], catalog: Catalog,
+                 source: str | None = None) -> None:
+        self.purchases = tuple(purchases)
+        self.assignments = tuple(assignments)
+        self.catalog = catalog
+        self.source = source
+        self.by_id = {p.id: p for p in purchases}
+
+
+def parse_inventory(data, *, catalog: Catalog | None = None, source: str | None = None) -> Inventory:
+    catalog = catalog or Catalog()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InventoryError("the top level must be a mapping with purchases: and assignments:", source=source)
+    try:
+        parsed = InventoryFile.model_validate(data)
+    except ValidationError as exc:
+        raise InventoryError(format_validation_error(exc), source=source) from None
+    problems: list[str] = []
+    extra: list[Product] = []
+    for i, p in enumerate(parsed.products):
+        if p.key in catalog:
+            problems.append(f"products[{i}].key: {p.key!r} is a built-in product; choose another key")
+        extra.append(Product(p.key, p.name, vendor=p.vendor, kind=p.kind, cal_types=tuple(p.cal_types),
+                             base=p.base, includes=tuple(p.includes)))
+    catalog = catalog.extended(extra)
+    seen: dict[str, int] = {}
+    for i, purchase in enumerate(parsed.purchases):
+        where = f"purchases[{i}]"
+        if purchase.id in seen:
+            problems.append(f"{where}.id: {purchase.id!r} is already used by purchases[{seen[purchase.id]}]")
+        else:
+            seen[purchase.id] = i
+        product = catalog.get(purchase.product)
+        if product is None:
+            problems.append(f"{where}.product: unknown product {purchase.product!r} "
+                            f"(known: {', '.join(sorted(catalog.products))})")
+        elif purchase.cal_type not in product.cal_types:
+            problems.append(f"{where}.cal_type: {product.key} is not sold as {purchase.cal_type} licences")
+        if purchase.expires_on and purchase.purchased_on and purchase.expires_on < purchase.purchased_on:
+            problems.append(f"{where}.expires_on: before purchased_on")
+    for i, assignment in enumerate(parsed.assignments):
+        if assignment.purchase not in seen:
+            problems.append(f"assignments[{i}].purchase: no purchase with id {assignment.purchase!r}")
+    if problems:
+        raise InventoryError(problems, source=source)
+    return Inventory(list(parsed.purchases), list(parsed.assignments), catalog, source=source)
+
+
+def load_inventory(path: Path, *, catalog: Catalog | None = None) -> Inventory:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError(f"inventory file {source} not found (see `inventory:` in the config)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InventoryError(f"cannot read inventory file {source}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InventoryError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}", source=source) from None
+    return parse_inventory(data, catalog=catalog, source=source)

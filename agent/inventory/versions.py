@@ -1,0 +1,32 @@
+"""Product versions and which CAL version covers which server version.
+
+R07: a CAL must be the same version as, or later than, the server it accesses.
+R08: R2 releases accept the previous CAL version (a 2012 CAL covers 2012 R2).
+"""
+
+from __future__ import annotations
+
+import re
+
+_VERSION = re.compile(r"^\s*(\d{4})\s*(R2)?\s*$", re.IGNORECASE)
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """``"2012 R2"`` -> (2012, 1); ``"2022"`` -> (2022, 0)."""
+    match = _VERSION.match(str(text))
+    if match is None:
+        raise ValueError(f"not a product version: {text!r} (expected a year such as 2022, or 2012 R2)")
+    return int(match.group(1)), 1 if match.group(2) else 0
+
+
+def version_covers(cal_version: str, server_version: str) -> bool:
+    """True when a CAL of ``cal_version`` licenses access to a server of ``server_version``."""
+    cal, server = parse_version(cal_version), parse_version(server_version)
+    if cal >= server:
+        return True
+    return cal[0] == server[0] and server[1] == 1  # R08: 2012 covers 2012 R2
+
+
+def normalise_version(text: str) -> str:
+    year, r2 = parse_version(text)
+    return f"{year} R2" if r2 else str(year)

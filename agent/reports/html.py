@@ -1,0 +1,288 @@
+"""Render a compliance report dict as a self-contained HTML page an admin can read and print.
+
+The report dict is the JSON report (``schema_version`` 1) built elsewhere; this module only shapes
+it for display.  Every value that came from a directory or the inventory is hostile until proven
+otherwise, so the Jinja environment autoescapes everything and nothing here marks a value safe.
+Presentation decisions (grouping, ordering, wording) are made in Python so the template stays a
+plain layout and the decisions can be tested without parsing HTML.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+TEMPLATE_NAME = "report.html.j2"
+
+SEVERITY_RANK = {"error": 0, "warning": 1}
+
+# Known finding kinds, in the order they are shown when their severity is equal:
+# kind -> (group heading, what it means, what to do).  "{shortfall}" is filled with the total.
+KIND_INFO: dict[str, tuple[str, str, str]] = {
+    "unlicensed_user": (
+        "Unlicensed users",
+        "Users who need a user CAL for a product and hold none.",
+        "Assign a CAL from a purchase with free seats, or buy more.",
+    ),
+    "unlicensed_device": (
+        "Unlicensed devices",
+        "Computers that need a device CAL for a product and hold none.",
+        "Assign a device CAL from a purchase with free seats, or buy more.",
+    ),
+    "shortfall": (
+        "Shortfall",
+        "More CALs are required than the inventory owns.",
+        "Buy {shortfall} more CALs.",
+    ),
+    "over_assigned": (
+        "Over-assigned purchases",
+        "A purchase has more seats assigned than it owns.",
+        "Remove assignments or buy seats.",
+    ),
+    "stale_assignment": (
+        "Stale assignments",
+        "A CAL is still assigned to someone who left, was disabled, expired or is inactive.",
+        "Release the seat: its holder left or is inactive.",
+    ),
+    "orphan_assignment": (
+        "Orphan assignments",
+        "The inventory assigns a CAL to a name that does not exist in any directory.",
+        "Fix the principal name in the inventory: nobody by that name exists.",
+    ),
+}
+KIND_ORDER = {kind: index for index, kind in enumerate(KIND_INFO)}
+
+DIRECTORY_TYPES = {"active_directory": "Active Directory", "ldif": "LDIF export"}
+FAILED_SYNC_STATUSES = {"failed", "error", "aborted"}
+
+
+def humanise(name: Any) -> str:
+    """``"license_expiring"`` -> ``"License expiring"``: labels kinds and types we don't know."""
+    text = str(name or "").replace("_", " ").replace("-", " ").strip()
+    text = " ".join(text.split())
+    return text[:1].upper() + text[1:] if text else "Unknown"
+
+
+def format_when(value: Any) -> str:
+    """An ISO timestamp as ``2026-11-24 19:00 UTC``; anything unparsable is shown as given."""
+    if value is None or value == "":
+        return "—"
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is None:
+        return moment.strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def format_number(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() else f"{value:,}"
+    return str(value)
+
+
+def plural(count: Any, singular: str, plural_form: str | None = None) -> str:
+    word = singular if count == 1 else (plural_form or singular + "s")
+    return f"{format_number(count)} {word}"
+
+
+def _severity_rank(severity: Any) -> int:
+    return SEVERITY_RANK.get(severity, len(SEVERITY_RANK))
+
+
+def _cal_label(finding: dict, product_names: dict[str, str]) -> str:
+    product = finding.get("product")
+    if not product:
+        return ""
+    parts = [product_names.get(product) or str(product)]
+    if finding.get("version"):
+        parts.append(str(finding["version"]))
+    label = " ".join(parts)
+    if finding.get("cal_type"):
+        label += f" ({finding['cal_type']} CAL)"
+    return label
+
+
+def _finding_row(finding: dict, product_names: dict[str, str]) -> dict[str, Any]:
+    principal = finding.get("principal") or {}
+    state = principal.get("state")
+    reason = finding.get("reason")
+    parts = [str(part) for part in (state, reason) if part]
+    state_reason = " / ".join(dict.fromkeys(parts))  # "disabled / disabled" reads as a bug
+    return {
+        "key": finding.get("key") or "",
+        "kind": finding.get("kind") or "",
+        "kind_label": humanise(finding.get("kind")),
+        "severity": finding.get("severity") or "",
+        "severity_label": humanise(finding.get("severity")),
+        "principal_kind": principal.get("kind") or "",
+        "principal_name": principal.get("name") or "",
+        "display_name": principal.get("display_name") or "",
+        "directory": principal.get("directory") or "",
+        "dn": principal.get("dn") or "",
+        "state_reason": state_reason,
+        "since": finding.get("since"),
+        "purchase": finding.get("purchase") or "",
+        "cal": _cal_label(finding, product_names),
+        "message": finding.get("message") or "",
+    }
+
+
+def _group_findings(
+    findings: list[dict], product_names: dict[str, str], total_shortfall: Any
+) -> list[dict[str, Any]]:
+    """Findings grouped by kind; groups holding errors first, then the known kinds' order."""
+    by_kind: dict[str, list[dict]] = {}
+    for finding in findings:
+        by_kind.setdefault(finding.get("kind") or "", []).append(finding)
+
+    groups = []
+    for kind, members in by_kind.items():
+        members = sorted(members, key=lambda f: _severity_rank(f.get("severity")))  # stable
+        if kind in KIND_INFO:
+            title, meaning, action = KIND_INFO[kind]
+        else:
+            title = humanise(kind)
+            meaning = "This kind of finding has no description in this version of cal-agent."
+            action = "Read each message below for what to do."
+        if kind == "shortfall":
+            if isinstance(total_shortfall, int) and total_shortfall > 0:
+                action = action.format(shortfall=format_number(total_shortfall))
+            else:
+                action = "Buy the missing CALs."
+        errors = sum(1 for f in members if f.get("severity") == "error")
+        warnings = sum(1 for f in members if f.get("severity") == "warning")
+        others = len(members) - errors - warnings
+        parts = [plural(n, word) for n, word in ((errors, "error"), (warnings, "warning"),
+                                                 (others, "other")) if n]
+        count_label = ", ".join(parts)
+        if len(parts) > 1:
+            count_label = f"{len(members)} findings: {count_label}"
+        groups.append(
+            {
+                "kind": kind,
+                "title": title,
+                "meaning": meaning,
+                "action": action,
+                "severity": "error" if errors else (members[0].get("severity") or "warning"),
+                "count_label": count_label,
+                "rows": [_finding_row(f, product_names) for f in members],
+            }
+        )
+    groups.sort(
+        key=lambda g: (
+            _severity_rank(g["severity"]),
+            KIND_ORDER.get(g["kind"], len(KIND_ORDER)),
+            g["kind"],
+        )
+    )
+    return groups
+
+
+def _directory_status(directory: dict) -> dict[str, Any]:
+    sync = directory.get("last_sync")
+    dtype = directory.get("type")
+    view: dict[str, Any] = {
+        "name": directory.get("name") or "",
+        "type_label": DIRECTORY_TYPES.get(dtype) or humanise(dtype),
+        "state": "never",
+        "status": "",
+        "status_note": "",
+        "finished_at": None,
+        "error": "",
+        "counts": [],
+    }
+    if not sync:
+        return view
+    status = str(sync.get("status") or "")
+    error = sync.get("error")
+    if error or status.lower() in FAILED_SYNC_STATUSES:
+        view["state"] = "failed"
+    elif status.lower() == "ok":
+        view["state"] = "ok"
+    else:
+        view["state"] = "other"
+    view["status"] = status or "unknown"
+    # "FAILED (failed)" says nothing; keep the raw status only when it adds information.
+    view["status_note"] = "" if status.lower() in FAILED_SYNC_STATUSES else view["status"]
+    view["finished_at"] = sync.get("finished_at")
+    view["error"] = error or ""
+    for field, singular in (
+        ("users", "user"),
+        ("groups", "group"),
+        ("computers", "computer"),
+        ("tombstones", "tombstone"),
+    ):
+        if sync.get(field) is not None:
+            view["counts"].append(plural(sync[field], singular))
+    return view
+
+
+def build_view(report: dict) -> dict[str, Any]:
+    """Everything the template shows, already decided; raw strings stay raw (escaped on output)."""
+    summary = report.get("summary") or {}
+    run = report.get("run") or {}
+    products = report.get("products") or []
+    product_names = {
+        p.get("product"): p.get("product_name") for p in products if p.get("product_name")
+    }
+    compliant = bool(report.get("compliant"))
+    drift = report.get("drift") or {}
+    previous_id = run.get("previous_id")
+
+    def drift_rows(findings: list[dict]) -> list[dict]:
+        ordered = sorted(findings, key=lambda f: _severity_rank(f.get("severity")))
+        return [_finding_row(f, product_names) for f in ordered]
+
+    return {
+        "compliant": compliant,
+        "status_text": "Compliant" if compliant else "Not compliant",
+        "generated_at": report.get("generated_at"),
+        "run_id": run.get("id"),
+        "previous_id": previous_id,
+        "shortfall": summary.get("shortfall", 0),
+        "errors": summary.get("errors", 0),
+        "warnings": summary.get("warnings", 0),
+        "findings_total": summary.get("findings", len(report.get("findings") or [])),
+        "directories": [_directory_status(d) for d in report.get("directories") or []],
+        "products": products,
+        "first_run": previous_id is None,
+        "drift_new": drift_rows(drift.get("new") or []),
+        "drift_resolved": drift_rows(drift.get("resolved") or []),
+        "groups": _group_findings(
+            report.get("findings") or [], product_names, summary.get("shortfall")
+        ),
+        "schema_version": report.get("schema_version"),
+    }
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("agent.reports", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = format_when
+    env.filters["num"] = format_number
+    env.filters["plural"] = plural
+    env.filters["humanise"] = humanise
+    return env
+
+
+def render_html(report: dict) -> str:
+    """The report as one HTML page: inline CSS, no scripts, no external resources."""
+    template = _environment().get_template(TEMPLATE_NAME)
+    return template.render(view=build_view(report))

@@ -1,0 +1,87 @@
+"""The JSON report: a public interface (docs/report-json.md).  Add keys, never rename or drop."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+from agent.compliance.model import Finding, Reconciliation
+
+SCHEMA_VERSION = 1
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def finding_to_dict(f: Finding) -> dict[str, Any]:
+    principal = None
+    if f.principal is not None:
+        principal = {
+            "kind": f.principal.kind,
+            "name": f.principal.name,
+            "directory": f.principal.directory,
+            "dn": f.principal.dn,
+            "display_name": f.principal.display_name,
+            "state": f.principal.state,
+            "guid": f.principal.guid,
+        }
+    return {
+        "key": f.key,
+        "kind": f.kind,
+        "severity": f.severity,
+        "product": f.product,
+        "version": f.version,
+        "cal_type": f.cal_type,
+        "principal": principal,
+        "purchase": f.purchase,
+        "reason": f.reason,
+        "since": iso(f.since),
+        "message": f.message,
+        "details": {k: list(v) if isinstance(v, tuple) else v for k, v in f.details},
+    }
+
+
+def build_report(result: Reconciliation, *, run_id: int, previous: dict[str, Any] | None,
+                 directories: list[dict[str, Any]], generated_at: datetime) -> dict[str, Any]:
+    findings = [finding_to_dict(f) for f in result.findings]
+    current_keys = {f["key"] for f in findings}
+    if previous is None:
+        new, resolved = findings, []
+    else:
+        previous_keys = {f["key"] for f in previous.get("findings", [])}
+        new = [f for f in findings if f["key"] not in previous_keys]
+        resolved = [f for f in previous.get("findings", []) if f["key"] not in current_keys]
+    by_kind = Counter(f["kind"] for f in findings)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": iso(generated_at),
+        "run": {"id": run_id, "previous_id": previous["run"]["id"] if previous else None},
+        "compliant": result.compliant,
+        "summary": {
+            "findings": len(findings),
+            "errors": sum(1 for f in findings if f["severity"] == "error"),
+            "warnings": sum(1 for f in findings if f["severity"] == "warning"),
+            "shortfall": result.shortfall,
+            "by_kind": dict(sorted(by_kind.items())),
+        },
+        "directories": directories,
+        "products": [
+            {
+                "product": line.product,
+                "product_name": line.product_name,
+                "version": line.version,
+                "cal_type": line.cal_type,
+                "required": line.required,
+                "owned": line.owned,
+                "assigned": line.assigned,
+                "shortfall": line.shortfall,
+            }
+            for line in result.products
+        ],
+        "findings": findings,
+        "drift": {"new": new, "resolved": resolved},
+    }

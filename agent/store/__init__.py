@@ -1,0 +1,1 @@
+"""The state database: principals, memberships, syncs, runs (SQLAlchemy + Alembic)."""

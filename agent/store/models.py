@@ -1,0 +1,171 @@
+"""SQLAlchemy models of the state database.
+
+The schema is owned by Alembic migrations (``agent/store/migrations``); a test checks that the
+migrations produce exactly these models.  Times are stored as naive UTC and returned aware.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite has no time zones)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC datetimes")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc)
+
+
+class PrincipalState(StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    EXPIRED = "expired"
+    INACTIVE = "inactive"
+    DELETED = "deleted"
+    MISSING = "missing"  # gone from a complete read without a tombstone
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class SyncRun(Base):
+    """One read of one directory.  Failed reads are recorded too: they changed nothing."""
+
+    __tablename__ = "sync_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    directory: Mapped[str] = mapped_column(String(64), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))  # running | ok | failed
+    source: Mapped[str | None] = mapped_column(Text)
+    users: Mapped[int] = mapped_column(Integer, default=0)
+    groups: Mapped[int] = mapped_column(Integer, default=0)
+    computers: Mapped[int] = mapped_column(Integer, default=0)
+    tombstones: Mapped[int] = mapped_column(Integer, default=0)
+    changes: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Principal(Base):
+    """A user, group or computer, keyed by (directory, objectGUID)."""
+
+    __tablename__ = "principals"
+    __table_args__ = (
+        UniqueConstraint("directory", "guid"),
+        Index("ix_principals_directory_name", "directory", "kind", "name_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    directory: Mapped[str] = mapped_column(String(64))
+    guid: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(Text)
+    name_key: Mapped[str] = mapped_column(Text)  # lower-cased name for case-insensitive lookups
+    dn: Mapped[str] = mapped_column(Text)
+    sid: Mapped[str | None] = mapped_column(String(200))
+    display_name: Mapped[str | None] = mapped_column(Text)
+    mail: Mapped[str | None] = mapped_column(Text)
+    user_account_control: Mapped[int | None] = mapped_column(BigInteger)
+    account_expires: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_logon: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pwd_last_set: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    when_created: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    primary_group_id: Mapped[int | None] = mapped_column(BigInteger)
+    dns_host_name: Mapped[str | None] = mapped_column(Text)
+    operating_system: Mapped[str | None] = mapped_column(Text)
+    operating_system_version: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    state_since: Mapped[datetime] = mapped_column(UTCDateTime)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Membership(Base):
+    """Direct membership, resolved to principals; ``via_primary`` marks primaryGroupID links."""
+
+    __tablename__ = "memberships"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True,
+                                           index=True)
+    via_primary: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class PrincipalEvent(Base):
+    """What a sync changed: joined, state (active→disabled…), moved, renamed."""
+
+    __tablename__ = "principal_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sync_id: Mapped[int] = mapped_column(ForeignKey("sync_runs.id", ondelete="CASCADE"), index=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    event: Mapped[str] = mapped_column(String(16))
+    old: Mapped[str | None] = mapped_column(Text)
+    new: Mapped[str | None] = mapped_column(Text)
+
+
+class Run(Base):
+    """One reconcile: its findings and the full JSON report it produced."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    compliant: Mapped[bool] = mapped_column(Boolean)
+    findings: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    warnings: Mapped[int] = mapped_column(Integer)
+    shortfall: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RunFinding(Base):
+    """Finding keys per run: drift is the set difference with the previous run."""
+
+    __tablename__ = "run_findings"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))

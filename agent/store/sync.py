@@ -1,0 +1,222 @@
+"""Apply a complete directory read to the store, in one transaction.
+
+The read is consumed entirely *before* the write transaction opens: if the directory fails half
+way, the store is not touched and the sync is recorded as failed.  Only a complete read may turn
+principals that were not seen into ``missing``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import structlog
+from sqlalchemy import delete, select
+
+from agent.compliance.lifecycle import principal_state
+from agent.directory import decode
+from agent.directory.records import DirectoryEntry, EntryKind
+from agent.errors import CalAgentError
+from agent.store.db import Store
+from agent.store.models import Membership, Principal, PrincipalEvent, PrincipalState, SyncRun
+
+log = structlog.get_logger("agent.sync")
+
+# Attributes copied from the directory record onto the stored principal.
+_COPIED = (
+    "kind",
+    "name",
+    "dn",
+    "sid",
+    "display_name",
+    "mail",
+    "user_account_control",
+    "account_expires",
+    "last_logon",
+    "pwd_last_set",
+    "when_created",
+    "primary_group_id",
+    "dns_host_name",
+    "operating_system",
+    "operating_system_version",
+)
+
+
+@dataclass
+class SyncOutcome:
+    directory: str
+    sync_id: int
+    status: str
+    users: int = 0
+    groups: int = 0
+    computers: int = 0
+    tombstones: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def changes(self) -> int:
+        return sum(self.events.values())
+
+
+def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
+             judge_at: datetime | None = None, now: datetime | None = None) -> SyncOutcome:
+    """Read ``reader`` completely and apply it.  Raises the reader's error after recording it."""
+    now = now or datetime.now(timezone.utc)
+    judge_at = judge_at or now
+    with store.session() as session:
+        sync = SyncRun(directory=directory, started_at=now, status="running", source=reader.describe())
+        session.add(sync)
+        session.flush()
+        sync_id = sync.id
+    log.info("sync.started", directory=directory, source=reader.describe())
+    try:
+        entries: dict[str, DirectoryEntry] = {}
+        for entry in reader.read():
+            previous = entries.get(entry.guid)
+            # A live object wins over a tombstone with the same GUID (restored from the bin).
+            if previous is None or (previous.deleted and not entry.deleted):
+                entries[entry.guid] = entry
+    except CalAgentError as exc:
+        _finish(store, sync_id, status="failed", error=str(exc))
+        log.error("sync.failed", directory=directory, error=str(exc))
+        raise
+    outcome = apply_entries(store, directory, sync_id, entries.values(), inactive_after_days=inactive_after_days,
+                            judge_at=judge_at, now=now)
+    log.info("sync.finished", directory=directory, users=outcome.users, groups=outcome.groups,
+             computers=outcome.computers, tombstones=outcome.tombstones, changes=outcome.changes,
+             **{f"events_{k}": v for k, v in outcome.events.items()})
+    return outcome
+
+
+def _finish(store: Store, sync_id: int, *, status: str, error: str | None = None, **counts: int) -> None:
+    with store.session() as session:
+        sync = session.get(SyncRun, sync_id)
+        sync.status = status
+        sync.finished_at = datetime.now(timezone.utc)
+        sync.error = error
+        for key, value in counts.items():
+            setattr(sync, key, value)
+
+
+def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[DirectoryEntry], *,
+                  inactive_after_days: int, judge_at: datetime, now: datetime) -> SyncOutcome:
+    entries = list(entries)
+    outcome = SyncOutcome(directory=directory, sync_id=sync_id, status="ok")
+    events: list[tuple[Principal, str, str | None, str | None]] = []
+    with store.session() as session:
+        existing = {p.guid: p for p in session.scalars(select(Principal).where(Principal.directory == directory))}
+        seen: set[str] = set()
+        for entry in entries:
+            seen.add(entry.guid)
+            state, since = principal_state(entry, at=judge_at, inactive_after_days=inactive_after_days)
+            row = existing.get(entry.guid)
+            if entry.deleted:
+                outcome.tombstones += 1
+            elif entry.kind is EntryKind.USER:
+                outcome.users += 1
+            elif entry.kind is EntryKind.GROUP:
+                outcome.groups += 1
+            else:
+                outcome.computers += 1
+            if row is None:
+                row = Principal(directory=directory, guid=entry.guid, state=state.value,
+                                state_since=since or now, first_seen=now, last_seen=now)
+                _copy(entry, row)
+                session.add(row)
+                existing[entry.guid] = row
+                events.append((row, "joined" if not entry.deleted else "deleted", None, state.value))
+                continue
+            if entry.deleted:
+                # Tombstones keep few attributes and a mangled DN: keep the last live values.
+                if row.state != PrincipalState.DELETED:
+                    events.append((row, "state", row.state, PrincipalState.DELETED.value))
+                    row.state, row.state_since = PrincipalState.DELETED.value, now
+                row.last_seen = now
+                continue
+            if decode.dn_key(row.dn) != decode.dn_key(entry.dn):
+                events.append((row, "moved", row.dn, entry.dn))
+            if row.name != entry.name:
+                events.append((row, "renamed", row.name, entry.name))
+            _copy(entry, row)
+            if row.state != state.value:
+                events.append((row, "state", row.state, state.value))
+                row.state, row.state_since = state.value, since or now
+            row.last_seen = now
+        for guid, row in existing.items():
+            if guid in seen or row.state in (PrincipalState.MISSING, PrincipalState.DELETED):
+                continue
+            # Only reached after a complete read: the object is gone and left no tombstone we
+            # could read (tombstone lifetime passed, or the bind account cannot list them).
+            events.append((row, "state", row.state, PrincipalState.MISSING.value))
+            row.state, row.state_since = PrincipalState.MISSING.value, now
+        session.flush()
+        _sync_memberships(session, directory, entries, existing)
+        for row, kind, old, new in events:
+            session.add(PrincipalEvent(sync_id=sync_id, principal_id=row.id, at=now, event=kind, old=old, new=new))
+            key = kind if kind != "state" else f"became_{new}"
+            outcome.events[key] = outcome.events.get(key, 0) + 1
+        sync = session.get(SyncRun, sync_id)
+        sync.status = "ok"
+        sync.finished_at = datetime.now(timezone.utc)
+        sync.users, sync.groups, sync.computers = outcome.users, outcome.groups, outcome.computers
+        sync.tombstones, sync.changes = outcome.tombstones, len(events)
+    return outcome
+
+
+def _copy(entry: DirectoryEntry, row: Principal) -> None:
+    for name in _COPIED:
+        value = getattr(entry, name)
+        if name == "kind":
+            value = value.value
+        if getattr(row, name) != value:
+            setattr(row, name, value)
+    key = entry.name.lower()
+    if row.name_key != key:
+        row.name_key = key
+
+
+def _sync_memberships(session, directory: str, entries: list[DirectoryEntry], rows: dict[str, Principal]) -> None:
+    """Store direct memberships resolved to principal ids, changing only what differs."""
+    live = [e for e in entries if not e.deleted]
+    by_dn = {decode.dn_key(e.dn): rows[e.guid].id for e in live}
+    group_by_sid = {e.sid: rows[e.guid].id for e in live if e.kind is EntryKind.GROUP and e.sid}
+    wanted: dict[tuple[int, int], bool] = {}
+    unresolved = 0
+    for entry in live:
+        if entry.kind is EntryKind.GROUP:
+            group_id = rows[entry.guid].id
+            for member_dn in entry.members:
+                member_id = by_dn.get(decode.dn_key(member_dn))
+                if member_id is None:
+                    unresolved += 1  # outside base_dn, a foreign security principal, or a contact
+                    continue
+                wanted.setdefault((group_id, member_id), False)
+        if entry.primary_group_id is not None and entry.domain_sid:
+            # The primary group is not listed in the group's `member` (MS-ADA3 primaryGroupID).
+            group_id = group_by_sid.get(f"{entry.domain_sid}-{entry.primary_group_id}")
+            if group_id is not None:
+                wanted[(group_id, rows[entry.guid].id)] = True
+    ids = [r.id for r in rows.values()]
+    current: dict[tuple[int, int], Membership] = {}
+    if ids:
+        stmt = select(Membership).join(Principal, Principal.id == Membership.group_id).where(
+            Principal.directory == directory)
+        current = {(m.group_id, m.member_id): m for m in session.scalars(stmt)}
+    for key, membership in current.items():
+        if key not in wanted:
+            session.delete(membership)
+        elif membership.via_primary != wanted[key]:
+            membership.via_primary = wanted[key]
+    for key, via_primary in wanted.items():
+        if key not in current:
+            session.add(Membership(group_id=key[0], member_id=key[1], via_primary=via_primary))
+    if unresolved:
+        log.debug("sync.unresolved_members", directory=directory, count=unresolved)
+
+
+def forget_directory(store: Store, directory: str) -> None:
+    """Remove everything known about a directory (used when it is dropped from the config)."""
+    with store.session() as session:
+        session.execute(delete(Principal).where(Principal.directory == directory))
