@@ -272,9 +272,11 @@ def format_validation_error(error: ValidationError) -> list[str]:
         elif item["type"] == "missing":
             msg = "required key is missing"
         elif item["type"] == "union_tag_invalid":
-            msg = f"unknown type {item.get('input')!r}: use active_directory or ldif"
+            path = f"{path}.type"
+            msg = f"unknown type {(item.get('ctx') or {}).get('tag')!r}: use active_directory or ldif"
         elif item["type"] == "union_tag_not_found":
-            msg = "missing `type:` (active_directory or ldif)"
+            path = f"{path}.type"
+            msg = "required key is missing (active_directory or ldif)"
         problems.append(f"{path}: {msg}" if path else msg)
     return problems
 

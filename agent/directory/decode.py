@@ -113,40 +113,46 @@ def integer(value: bytes | str | int | None) -> int | None:
     return int(value.strip())
 
 
-def dn_key(dn: str) -> str:
-    """A comparison key for DNs: case-insensitive, spaces around separators removed.
-
-    Good enough for AD, which returns DNs in one canonical form; escaped commas survive because
-    only the spaces after an unescaped separator are dropped.
-    """
-    out = []
+def dn_parts(dn: str) -> tuple[str, ...]:
+    """The RDNs of a DN, normalised for comparison: case-insensitive, spaces around ``=`` and
+    separators removed, escaped separators (``\\,``) kept inside their RDN."""
+    parts: list[str] = []
+    current: list[str] = []
     escaped = False
-    skip_space = False
     for ch in dn:
-        if skip_space and ch == " ":
-            continue
-        skip_space = False
         if escaped:
-            out.append(ch)
+            current.append(ch)
             escaped = False
-            continue
-        if ch == "\\":
+        elif ch == "\\":
+            current.append(ch)
             escaped = True
-            out.append(ch)
-            continue
-        if ch in ",+":
-            while out and out[-1] == " " and not (len(out) > 1 and out[-2] == "\\"):
-                out.pop()
-            skip_space = True
-        elif ch == "=":
-            while out and out[-1] == " ":
-                out.pop()
-            skip_space = True
-        out.append(ch)
-    return "".join(out).strip().lower()
+        elif ch in ",;":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    out = []
+    for rdn in parts:
+        attr, sep, value = rdn.partition("=")
+        out.append(f"{attr.strip().lower()}{sep}{_strip_unescaped(value).lower()}")
+    return tuple(p for p in out if p)
+
+
+def _strip_unescaped(value: str) -> str:
+    value = value.lstrip(" ")
+    stripped = value.rstrip(" ")
+    if len(stripped) < len(value) and stripped.endswith("\\"):
+        stripped += " "  # an escaped trailing space is part of the value
+    return stripped
+
+
+def dn_key(dn: str) -> str:
+    """A comparison key for DNs (see ``dn_parts``)."""
+    return ",".join(dn_parts(dn))
 
 
 def dn_is_under(dn: str, base: str) -> bool:
-    """True when ``dn`` equals ``base`` or lies in its subtree."""
-    dn_k, base_k = dn_key(dn), dn_key(base)
-    return dn_k == base_k or dn_k.endswith("," + base_k)
+    """True when ``dn`` equals ``base`` or lies in its subtree (compared RDN by RDN)."""
+    dn_p, base_p = dn_parts(dn), dn_parts(base)
+    return len(dn_p) >= len(base_p) and dn_p[len(dn_p) - len(base_p):] == base_p

@@ -522,9 +522,12 @@ class SambaDC:
     # ------------------------------------------------------------------ reading
 
     def get_attributes(self, dn: str, *attributes: str, show_deleted: bool = False) -> dict[str, Any]:
-        """Attribute values of one entry (as ldap3 formats them), by name.
+        """Attribute values of one entry, by name.
 
-        Ask explicitly for constructed attributes such as primaryGroupToken.
+        Connections here do not load the schema, so every value list comes
+        back as ldap3's list of strings (e.g. {"userAccountControl": ["512"]});
+        use get_guid() for objectGUID.  Ask explicitly for constructed
+        attributes such as primaryGroupToken.
         """
         from ldap3 import BASE
 
@@ -692,7 +695,7 @@ class SambaDC:
         from ldap3 import BASE, MODIFY_REPLACE
         from ldap3.utils.conv import escape_filter_chars
 
-        token = int(self.get_attributes(group_dn, "primaryGroupToken")["primaryGroupToken"])
+        token = int(self.get_attributes(group_dn, "primaryGroupToken")["primaryGroupToken"][0])
         conn = self._admin()
         # Let the server compare DNs, so differences in case/spacing do not matter.
         self._call(
@@ -707,7 +710,7 @@ class SambaDC:
     def _set_uac_bit(self, dn: str, bit: int, on: bool) -> None:
         from ldap3 import MODIFY_REPLACE
 
-        current = int(self.get_attributes(dn, "userAccountControl")["userAccountControl"])
+        current = int(self.get_attributes(dn, "userAccountControl")["userAccountControl"][0])
         wanted = current | bit if on else current & ~bit
         if wanted != current:
             self._call("modify", dn, {"userAccountControl": [(MODIFY_REPLACE, [str(wanted)])]})

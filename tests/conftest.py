@@ -1,0 +1,110 @@
+"""Shared fixtures: real throwaway servers for integration tests.
+
+Policy for servers that cannot be started:
+
+* the software is missing (or we lack root for Samba): skip the test locally,
+  but FAIL it when CI=true — CI must never go green by skipping;
+* anything else (port taken, provisioning or start-up error): fail, with the
+  tail of the server's log in the message.
+
+A session fixture that skips or fails does so once; pytest re-reports the
+cached outcome for every test that uses it, without retrying the start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import PostgresServer, SambaDC, ServerStartError, ServerUnavailable
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def _unavailable(reason: str) -> None:
+    if _in_ci():
+        pytest.fail(f"{reason} [CI=true: a test server that cannot run is a failure, not a skip]", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the servers they use, so `-m "not samba"` etc. work
+    without every test module remembering to add the marker."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "samba_dc" in names and not item.get_closest_marker("samba"):
+            item.add_marker(pytest.mark.samba)
+        if "postgres_server" in names and not item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session")
+def samba_dc() -> Iterator[SambaDC]:
+    """A freshly provisioned Samba AD DC (CORP.EXAMPLE.COM) shared by the session."""
+    dc = SambaDC()
+    try:
+        dc.start()
+    except ServerUnavailable as exc:
+        dc.cleanup()
+        _unavailable(f"Samba AD DC unavailable: {exc}")
+    except ServerStartError as exc:
+        dc.cleanup()
+        pytest.fail(f"Samba AD DC failed to start: {exc}", pytrace=False)
+    except BaseException:
+        dc.cleanup()
+        raise
+    try:
+        yield dc
+    finally:
+        dc.cleanup()
+
+
+def _safe_name(text: str, limit: int) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit] or "test"
+
+
+@pytest.fixture
+def samba_ou(samba_dc: SambaDC, request: pytest.FixtureRequest) -> str:
+    """A new, uniquely named OU under the base DN for this test only.
+
+    It is left in place afterwards (deleting it would only add tombstones).
+    """
+    name = f"t-{_safe_name(request.node.name, 40)}-{uuid.uuid4().hex[:8]}"
+    return samba_dc.add_ou(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster (trust auth on 127.0.0.1) for the session."""
+    server = PostgresServer()
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.cleanup()
+        _unavailable(f"PostgreSQL unavailable: {exc}")
+    except ServerStartError as exc:
+        server.cleanup()
+        pytest.fail(f"PostgreSQL failed to start: {exc}", pytrace=False)
+    except BaseException:
+        server.cleanup()
+        raise
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A SQLAlchemy URL of an empty database: a SQLite file, or a fresh
+    PostgreSQL database of the session cluster (started only when needed)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database(f"t_{uuid.uuid4().hex[:16]}")

@@ -1,0 +1,195 @@
+"""Configuration: the example documents every key; errors name their key path and exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from agent.config import Config, LdifConfig, load_config, parse_config, resolve_password
+from agent.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config.example.yaml"
+
+
+def _model_fields(model: type[BaseModel], seen=None) -> set[str]:
+    seen = seen if seen is not None else set()
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        names.add(name)
+        for arg in _flatten(field.annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel) and arg not in seen:
+                seen.add(arg)
+                names |= _model_fields(arg, seen)
+    return names
+
+
+def _flatten(annotation):
+    args = typing.get_args(annotation)
+    if not args:
+        return [annotation]
+    out = []
+    for a in args:
+        out.extend(_flatten(a))
+    return out
+
+
+def test_example_config_is_valid_and_loads(monkeypatch):
+    config = parse_config(yaml.safe_load(EXAMPLE.read_text()), base_dir=ROOT)
+    assert config.directories[0].name == "corp"
+    assert config.directories[0].tls.verify is True
+    assert [r.name for r in config.requirements] == ["staff-windows", "kiosks"]
+
+
+def test_example_config_documents_every_key():
+    text = EXAMPLE.read_text()
+    missing = sorted(name for name in _model_fields(Config) if f"{name}:" not in text)
+    assert missing == [], f"config.example.yaml does not mention: {missing}"
+
+
+def _write(tmp_path, data) -> Path:
+    (tmp_path / "inventory.yaml").write_text("purchases: []\n")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def _good(**overrides):
+    data = {
+        "database": {"url": "sqlite:///state.db"},
+        "directories": [{"name": "corp", "type": "active_directory", "url": "ldaps://dc1.corp.example.com",
+                         "base_dn": "DC=corp,DC=example,DC=com", "bind_dn": "svc@corp",
+                         "password_env": "TEST_CAL_PASSWORD"}],
+        "inventory": "inventory.yaml",
+        "requirements": [{"name": "r", "product": "windows-server", "version": "2022", "cal_type": "user",
+                          "users": {"group": "Domain Users"}}],
+    }
+    data.update(overrides)
+    return data
+
+
+BAD = [
+    ({"directories": [{"name": "corp", "type": "active_directory", "url": "http://dc1", "base_dn": "DC=x",
+                       "bind_dn": "a", "password_env": "X"}]}, "directories[0].url: must start with ldaps://"),
+    ({"directories": [{"name": "corp", "type": "novell", "path": "x"}]}, "directories[0].type: unknown type 'novell'"),
+    ({"directories": []}, "directories: List should have at least 1 item"),
+    ({"inventory": None}, "inventory:"),
+    ({"requirements": [{"name": "r", "product": "windows-server", "version": "latest", "cal_type": "user",
+                        "users": {}}]}, "requirements[0].version: version must be a product year"),
+    ({"requirements": [{"name": "r", "product": "windows-server", "version": 2022, "cal_type": "seat",
+                        "users": {}}]}, "requirements[0].cal_type:"),
+    ({"requirements": [{"name": "r", "product": "windows-server", "version": 2022, "cal_type": "device",
+                        "users": {}}]}, "requirements[0]: a device CAL requirement selects principals with `computers:`"),
+    ({"requirements": [{"name": "r", "product": "windows-server", "version": 2022, "cal_type": "user",
+                        "users": {"grup": "x"}}]}, "requirements[0].users.grup: unknown key"),
+    ({"database": {"url": "mysql://x/y"}}, "database.url: Value error, unsupported database 'mysql'"),
+    ({"colour": "blue"}, "colour: unknown key"),
+    ({"directories": [{"name": "corp", "type": "active_directory", "url": "ldaps://dc1", "base_dn": "DC=x",
+                       "bind_dn": "a"}]}, "directories[0]: give exactly one of password_env"),
+    ({"directories": [{"name": "corp", "type": "active_directory", "url": "ldaps://dc1", "base_dn": "DC=x",
+                       "bind_dn": "a", "password_env": "X", "inactive_after_days": -3}]},
+     "directories[0].inactive_after_days: Input should be greater than or equal to 1"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD)
+def test_bad_config_names_the_key(tmp_path, override, message):
+    path = _write(tmp_path, _good(**override))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, check_files=False)
+    assert any(p.startswith(message.split(": ", 1)[0]) for p in info.value.problems), info.value.problems
+    assert message.replace("Value error, ", "") in str(info.value) or message in str(info.value)
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    data = _good(colour="blue", database={"url": "mysql://x/y"})
+    data["directories"][0]["url"] = "http://dc1"
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data), check_files=False)
+    paths = sorted(p.split(":", 1)[0] for p in info.value.problems)
+    assert paths == ["colour", "database.url", "directories[0].url"]
+
+
+def test_cli_exits_2_with_key_path_and_writes_nothing(tmp_path):
+    data = _good()
+    data["directories"][0]["url"] = "ftp://dc1"
+    path = _write(tmp_path, data)
+    proc = subprocess.run([sys.executable, "-m", "agent", "sync", "--config", str(path)], capture_output=True,
+                          text=True, env={**os.environ, "TEST_CAL_PASSWORD": "x"})
+    assert proc.returncode == 2
+    assert "directories[0].url: must start with ldaps:// or ldap://" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_cli_config_from_environment_variable(tmp_path):
+    path = _write(tmp_path, "directories: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "agent", "check-config"], capture_output=True, text=True,
+                          env={**os.environ, "CAL_AGENT_CONFIG": str(path)})
+    assert proc.returncode == 2 and str(path) in proc.stderr and "directories:" in proc.stderr
+
+
+def test_invalid_yaml_gives_line(tmp_path):
+    path = _write(tmp_path, "directories:\n  - name: [unclosed\n")
+    with pytest.raises(ConfigError, match="line 3"):
+        load_config(path)
+
+
+def test_missing_secret_and_missing_files_are_reported(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEST_CAL_PASSWORD", raising=False)
+    data = _good(inventory="nope.yaml")
+    data["directories"][0]["tls"] = {"ca_file": "ca.pem"}
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data))
+    text = str(info.value)
+    assert "inventory: file" in text and "directories[0].tls.ca_file: file" in text
+    assert "directories[0].password_env: environment variable TEST_CAL_PASSWORD is not set" in text
+
+
+def test_password_file_readable_by_others_is_refused(tmp_path):
+    secret = tmp_path / "bind-password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    data = _good()
+    data["directories"][0].pop("password_env")
+    data["directories"][0]["password_file"] = "bind-password"
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError, match="readable by group or others .*chmod 600"):
+        load_config(path)
+    secret.chmod(0o600)
+    config = load_config(path)
+    assert resolve_password(config.directories[0]).get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(config) and "s3cret" not in str(resolve_password(config.directories[0]))
+
+
+def test_password_from_systemd_credentials(tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "bind-password").write_text("from-systemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    data = _good()
+    data["directories"][0].pop("password_env")
+    data["directories"][0]["password_credential"] = "bind-password"
+    config = load_config(_write(tmp_path, data))
+    assert resolve_password(config.directories[0]).get_secret_value() == "from-systemd"
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "export.ldif").write_text("")
+    data = _good(directories=[{"name": "lab", "type": "ldif", "path": "export.ldif",
+                               "as_of": "2026-11-01T00:00:00"}])
+    config = load_config(_write(tmp_path, data))
+    ldif = config.directories[0]
+    assert isinstance(ldif, LdifConfig) and ldif.path == tmp_path / "export.ldif"
+    assert ldif.as_of.tzinfo is not None
+    assert config.database.url == f"sqlite:///{tmp_path / 'state.db'}"
+    assert config.inventory == tmp_path / "inventory.yaml"

@@ -1,0 +1,121 @@
+"""Decoding AD wire values: FILETIME, GeneralizedTime, GUID, SID, DNs.  Plain data."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.directory import decode
+from agent.directory.ad_entries import entry_from_ad
+from agent.directory.records import EntryKind
+
+
+@pytest.mark.parametrize("value", [0, "0", 0x7FFFFFFFFFFFFFFF, "9223372036854775807", -1, None])
+def test_filetime_never_values_mean_no_date(value):
+    assert decode.filetime(value) is None
+
+
+def test_filetime_known_value():
+    # 2024-01-17 09:30:00 UTC
+    assert decode.filetime(133499574000000000) == datetime(2024, 1, 17, 9, 30, tzinfo=timezone.utc)
+
+
+@given(st.datetimes(min_value=datetime(1700, 1, 1), max_value=datetime(9000, 1, 1), timezones=st.just(timezone.utc)))
+def test_filetime_round_trip(moment):
+    assert decode.filetime(decode.to_filetime(moment)) == moment
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("20240117093000.0Z", datetime(2024, 1, 17, 9, 30, tzinfo=timezone.utc)),
+    ("20240117093000Z", datetime(2024, 1, 17, 9, 30, tzinfo=timezone.utc)),
+    ("20240117113000+0200", datetime(2024, 1, 17, 9, 30, tzinfo=timezone.utc)),
+])
+def test_generalized_time(text, expected):
+    assert decode.generalized_time(text) == expected
+
+
+def test_generalized_time_rejects_garbage():
+    with pytest.raises(ValueError):
+        decode.generalized_time("yesterday")
+
+
+@given(st.uuids())
+def test_guid_round_trip_uses_little_endian_layout(value):
+    assert decode.guid(value.bytes_le) == str(value)
+    assert decode.guid_bytes(str(value)) == value.bytes_le
+
+
+def test_guid_known_layout():
+    # AD stores the first three fields little-endian.
+    raw = bytes.fromhex("78563412341278560102030405060708")
+    assert decode.guid(raw) == "12345678-1234-5678-0102-030405060708"
+
+
+def test_sid_known_value_and_round_trip():
+    text = "S-1-5-21-3623811015-3361044348-30300820-1013"
+    raw = decode.sid_bytes(text)
+    assert raw[:8] == bytes([1, 5, 0, 0, 0, 0, 0, 5])
+    assert decode.sid(raw) == text
+
+
+def test_sid_length_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        decode.sid(bytes([1, 5, 0, 0, 0, 0, 0, 5, 1, 2, 3]))
+
+
+@pytest.mark.parametrize("dn,base,inside", [
+    ("CN=a,OU=Staff,DC=corp,DC=example,DC=com", "ou=staff, dc=corp,dc=example,dc=com", True),
+    ("CN=a,OU=Staff2,DC=corp,DC=example,DC=com", "OU=Staff,DC=corp,DC=example,DC=com", False),
+    ("OU=Staff,DC=corp,DC=example,DC=com", "OU=Staff,DC=corp,DC=example,DC=com", True),
+    ("CN=Doe\\, John,OU=Staff,DC=corp", "OU=Staff,DC=corp", True),
+    ("CN=x,OU=A\\,OU=Staff,DC=corp", "OU=Staff,DC=corp", False),
+])
+def test_dn_subtree(dn, base, inside):
+    assert decode.dn_is_under(dn, base) is inside
+
+
+def _raw(**attrs):
+    return {k: [v if isinstance(v, bytes) else str(v).encode()] for k, v in attrs.items()}
+
+
+def test_entry_decodes_user_uac_and_dates():
+    guid = uuid.uuid4()
+    raw = _raw(objectGUID=guid.bytes_le, sAMAccountName="jdoe", userAccountControl=514,
+               accountExpires=0, lastLogonTimestamp=133499574000000000, primaryGroupID=513,
+               objectSid=decode.sid_bytes("S-1-5-21-1-2-3-1105"))
+    raw["objectClass"] = [b"top", b"person", b"organizationalPerson", b"user"]
+    entry = entry_from_ad("CN=John,DC=corp", raw)
+    assert entry.kind is EntryKind.USER and entry.guid == str(guid)
+    assert entry.disabled and entry.account_expires is None
+    assert entry.domain_sid == "S-1-5-21-1-2-3"
+    assert entry.last_logon == datetime(2024, 1, 17, 9, 30, tzinfo=timezone.utc)
+
+
+def test_computer_name_loses_trailing_dollar():
+    raw = _raw(objectGUID=uuid.uuid4().bytes_le, sAMAccountName="KIOSK-01$", userAccountControl=4096)
+    raw["objectClass"] = [b"top", b"user", b"computer"]
+    assert entry_from_ad("CN=KIOSK-01,DC=corp", raw).name == "KIOSK-01"
+
+
+def test_missing_guid_is_a_clear_error():
+    raw = _raw(sAMAccountName="x")
+    raw["objectClass"] = [b"user"]
+    with pytest.raises(ValueError, match="objectGUID"):
+        entry_from_ad("CN=x,DC=corp", raw)
+
+
+def test_bad_filetime_names_the_attribute():
+    raw = _raw(objectGUID=uuid.uuid4().bytes_le, sAMAccountName="x", accountExpires="soon")
+    raw["objectClass"] = [b"user"]
+    with pytest.raises(ValueError, match="accountExpires"):
+        entry_from_ad("CN=x,DC=corp", raw)
+
+
+def test_contacts_and_ous_are_not_principals():
+    raw = _raw(objectGUID=uuid.uuid4().bytes_le)
+    raw["objectClass"] = [b"top", b"person", b"contact"]
+    assert entry_from_ad("CN=c,DC=corp", raw) is None
