@@ -72,7 +72,8 @@ def test_readonly_account_is_not_privileged(samba_dc: SambaDC, samba_ou: str) ->
 @pytest.mark.samba
 def test_starttls_with_verification(samba_dc: SambaDC) -> None:
     tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(samba_dc.ca_file))
-    conn = Connection(Server(samba_dc.starttls_url, tls=tls, get_info=NONE), samba_dc.admin_upn, samba_dc.admin_password)
+    server = Server(samba_dc.starttls_url, tls=tls, get_info=NONE)
+    conn = Connection(server, samba_dc.admin_upn, samba_dc.admin_password)
     try:
         conn.open()
         assert conn.start_tls()
@@ -97,7 +98,8 @@ def test_plain_simple_bind_without_tls_is_refused(samba_dc: SambaDC) -> None:
 def test_ldaps_without_the_test_ca_is_not_trusted(samba_dc: SambaDC) -> None:
     # Verification on, system trust store only: the throwaway CA is unknown.
     tls = Tls(validate=ssl.CERT_REQUIRED)
-    conn = Connection(Server(samba_dc.url, tls=tls, get_info=NONE, connect_timeout=5), samba_dc.admin_upn, samba_dc.admin_password)
+    server = Server(samba_dc.url, tls=tls, get_info=NONE, connect_timeout=5)
+    conn = Connection(server, samba_dc.admin_upn, samba_dc.admin_password)
     with pytest.raises(LDAPSocketOpenError, match="CERTIFICATE_VERIFY_FAILED"):
         conn.open()
 
@@ -168,7 +170,7 @@ def test_directory_helpers(samba_dc: SambaDC, samba_ou: str) -> None:
     import datetime as dt
 
     sub = samba_dc.add_ou("Sub", samba_ou)
-    expires = dt.datetime(2031, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    expires = dt.datetime(2031, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     user = samba_dc.add_user(_unique("h"), samba_ou, account_expires=expires, attributes={"department": "IT"})
     pc = samba_dc.add_computer(
         _unique("pc"), samba_ou, dns_host_name="pc1.corp.example.com",

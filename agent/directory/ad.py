@@ -15,6 +15,7 @@ Design choices, each for a reason (see docs/directory.md):
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import ssl
@@ -95,7 +96,7 @@ class ActiveDirectoryReader:
             authentication=ldap3.SIMPLE,
             read_only=True,
             raise_exceptions=True,
-            receive_timeout=self.config.timeout,
+            receive_timeout=max(1, math.ceil(self.config.timeout)),  # ldap3 packs it as an int
             auto_range=False,  # we do ranged reads ourselves, streaming, with a loop guard
             auto_referrals=False,
             return_empty_attributes=False,
@@ -138,7 +139,10 @@ class ActiveDirectoryReader:
         conn = self.connect()
         try:
             root = self._read_root_dse(conn)
-            whoami = conn.extend.standard.who_am_i()
+            try:
+                whoami = conn.extend.standard.who_am_i() or self.config.bind_dn
+            except ldap_exc.LDAPException:
+                whoami = self.config.bind_dn  # Samba does not implement the WhoAmI extended operation
             return {
                 "server": root.get("dnsHostName") or self.host,
                 "bound_as": whoami,
@@ -147,6 +151,8 @@ class ActiveDirectoryReader:
                 "tls": "ldaps" if self.use_ssl else "starttls",
                 "certificate_verified": self.config.tls.verify,
             }
+        except ldap_exc.LDAPException as exc:
+            raise DirectoryError(f"{self.config.url}: cannot read the root DSE: {_ldap_reason(exc)}") from None
         finally:
             conn.unbind()
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
 import socket
 import string
 import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 
@@ -100,3 +104,45 @@ def tail(path: Path, lines: int = 60) -> str:
 def keep_workdirs() -> bool:
     """Set CAL_AGENT_KEEP_TEST_SERVERS=1 to keep server temp dirs for debugging."""
     return os.environ.get("CAL_AGENT_KEEP_TEST_SERVERS", "") not in ("", "0", "false")
+
+
+class MachineLock:
+    """An exclusive lock shared by every process on this machine (flock on a
+    file in /tmp).  The kernel drops it when the holder exits, however it
+    exits, so a crashed test run never leaves it stuck.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.path = Path(tempfile.gettempdir()) / f"{name}.lock"
+        self._handle = None
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def acquire(self, timeout: float) -> bool:
+        """Wait up to timeout seconds for the lock; True once held."""
+        handle = open(self.path, "a+")  # noqa: SIM115 - kept open while held
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    return False
+                time.sleep(0.5)
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n")
+        handle.flush()
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None

@@ -27,6 +27,8 @@ Notes on choices that are not obvious:
 * samba runs with `-i` and its stdin connected to a pipe we hold: in
   interactive mode it exits on EOF, so it dies with the test process even if
   that is killed with SIGKILL.
+* The LDAP ports are fixed, so only one test DC can run per machine at a
+  time; a machine-wide flock serializes concurrent test sessions.
 * Setting a password costs ~25 ms on Samba 4.17 (PBKDF2 for the Kerberos
   keys), against ~3 ms for an add without one; computers are therefore
   created without a password.
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
+    MachineLock,
     ServerStartError,
     ServerUnavailable,
     describe_listener,
@@ -80,13 +83,13 @@ SHOW_DELETED_OID = "1.2.840.113556.1.4.417"
 TREE_DELETE_OID = "1.2.840.113556.1.4.805"
 
 # Windows FILETIME epoch: 100-nanosecond intervals since 1601-01-01 UTC.
-_FILETIME_EPOCH = dt.datetime(1601, 1, 1, tzinfo=dt.timezone.utc)
+_FILETIME_EPOCH = dt.datetime(1601, 1, 1, tzinfo=dt.UTC)
 
 
 def datetime_to_filetime(value: dt.datetime) -> int:
     """Convert a datetime to an AD FILETIME integer (naive values are taken as UTC)."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return (value - _FILETIME_EPOCH) // dt.timedelta(microseconds=1) * 10
 
 
@@ -143,7 +146,7 @@ def _write_test_pki(tls_dir: Path) -> tuple[Path, Path, Path]:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     tls_dir.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     not_before = now - dt.timedelta(hours=1)  # tolerate small clock skew
     not_after = now + dt.timedelta(days=7)
 
@@ -270,6 +273,7 @@ class SambaDC:
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle = None
         self._admin_conn = None
+        self._lock = MachineLock("cal-agent-test-samba-dc")
 
     # ------------------------------------------------------------------ life cycle
 
@@ -289,23 +293,43 @@ class SambaDC:
         reason = _missing_software()
         if reason:
             raise ServerUnavailable(reason)
+        started = time.monotonic()
+        ca_file, cert_file, key_file = _write_test_pki(self.workdir / "tls")
+        assert ca_file == self.ca_file
+        # Provisioning needs no ports, so it runs before waiting for them.
+        self._provision(cert_file, key_file)
+        self.provision_seconds = time.monotonic() - started
+        self._claim_ports()
+        spawned = time.monotonic()
+        self._spawn()
+        self._wait_until_ready()
+        self.startup_seconds = time.monotonic() - spawned
+        return self
+
+    def _claim_ports(self) -> None:
+        """Take the machine-wide test-DC lock, then make sure the ports are free.
+
+        Samba's LDAP ports are fixed, so two test sessions on one machine
+        (say, two developers' runs) cannot both run a DC: the later one waits
+        for the earlier to finish, up to CAL_AGENT_SAMBA_LOCK_WAIT seconds
+        (default 600).
+        """
+        wait = float(os.environ.get("CAL_AGENT_SAMBA_LOCK_WAIT", "600"))
+        if not self._lock.acquire(wait):
+            raise ServerStartError(
+                f"another test session has been running the test Samba DC for over {wait:.0f}s "
+                f"({self._lock.holder()}; lock {self._lock.path}); ports 389/636 are fixed, "
+                "so only one can run at a time"
+            )
         busy = [port for port in SAMBA_PORTS if port_is_listening(port)]
         if busy:
+            self._lock.release()
             details = "\n".join(f"  port {port}: {describe_listener(port)}" for port in busy)
             raise ServerStartError(
                 "cannot start the test Samba DC: something already listens on "
                 f"127.0.0.1 port(s) {', '.join(map(str, busy))} (a system samba/slapd "
-                "service, or a leftover test server?). Stop it first.\n" + details
+                "service, or a leftover server?). Stop it first.\n" + details
             )
-        started = time.monotonic()
-        ca_file, cert_file, key_file = _write_test_pki(self.workdir / "tls")
-        assert ca_file == self.ca_file
-        self._provision(cert_file, key_file)
-        self.provision_seconds = time.monotonic() - started
-        self._spawn()
-        self._wait_until_ready()
-        self.startup_seconds = time.monotonic() - started - self.provision_seconds
-        return self
 
     def _provision(self, cert_file: Path, key_file: Path) -> None:
         target = self.workdir / "dc"
@@ -436,9 +460,7 @@ class SambaDC:
                 pass
             self._admin_conn = None
         process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             try:
                 if process.stdin:
                     process.stdin.close()
@@ -451,6 +473,7 @@ class SambaDC:
                     process.kill()
                     process.wait(timeout=timeout)
         self._close_process_handles()
+        self._lock.release()
 
     def _close_process_handles(self) -> None:
         if self._process is not None and self._process.stdin:

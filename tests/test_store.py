@@ -1,0 +1,174 @@
+"""The store on SQLite and a real PostgreSQL: migrations, lifecycle states, safety of failed reads."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, select
+
+from agent.directory import decode
+from agent.directory.records import DirectoryEntry, EntryKind
+from agent.errors import DirectoryError
+from agent.store.db import Store
+from agent.store.models import Base, Membership, Principal, PrincipalEvent, SyncRun
+from agent.store.sync import run_sync
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+DOMAIN = "S-1-5-21-100-200-300"
+
+
+class ListReader:
+    """A directory read from a list of records; ``fail_after`` simulates a DC dying mid-read."""
+
+    def __init__(self, entries, fail_after: int | None = None):
+        self.entries = list(entries)
+        self.fail_after = fail_after
+
+    def describe(self):
+        return "test list"
+
+    def read(self):
+        for i, entry in enumerate(self.entries):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise DirectoryError("connection to dc1 lost during the read")
+            yield entry
+
+
+def user(name, ou="Staff", rid=1000, **kw) -> DirectoryEntry:
+    defaults = dict(guid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), kind=EntryKind.USER,
+                    dn=f"CN={name},OU={ou},DC=corp,DC=example,DC=com", name=name, sid=f"{DOMAIN}-{rid}",
+                    user_account_control=512, primary_group_id=513, when_created=NOW - timedelta(days=400),
+                    last_logon=NOW - timedelta(days=3))
+    defaults.update(kw)
+    return DirectoryEntry(**defaults)
+
+
+def group(name, rid, members=(), **kw) -> DirectoryEntry:
+    return DirectoryEntry(guid=str(uuid.uuid5(uuid.NAMESPACE_DNS, "g-" + name)), kind=EntryKind.GROUP,
+                          dn=f"CN={name},OU=Groups,DC=corp,DC=example,DC=com", name=name, sid=f"{DOMAIN}-{rid}",
+                          members=tuple(m.dn for m in members), **kw)
+
+
+def estate():
+    alice = user("alice", rid=1101)
+    bob = user("bob", rid=1102, user_account_control=514)
+    carol = user("carol", rid=1103, account_expires=NOW - timedelta(days=10))
+    dave = user("dave", rid=1104, last_logon=NOW - timedelta(days=200), pwd_last_set=NOW - timedelta(days=300))
+    erin = user("erin", rid=1105, primary_group_id=1201)
+    staff = group("staff", 1200, [alice, bob])
+    primary = group("contractors-primary", 1201)
+    domain_users = group("Domain Users", 513)
+    return [alice, bob, carol, dave, erin, staff, primary, domain_users]
+
+
+def sync(store, entries, **kw):
+    return run_sync(store, "corp", ListReader(entries, **kw), inactive_after_days=90, now=NOW)
+
+
+@pytest.fixture
+def store(database_url):
+    s = Store(database_url)
+    yield s
+    s.close()
+
+
+def _states(store):
+    with store.session() as session:
+        return {p.name: p.state for p in session.scalars(select(Principal))}
+
+
+def _count(store, model):
+    with store.session() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_migrations_produce_exactly_the_models(store):
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_lifecycle_states_from_a_complete_read(store):
+    outcome = sync(store, estate())
+    assert (outcome.users, outcome.groups, outcome.status) == (5, 3, "ok")
+    assert _states(store) == {"alice": "active", "bob": "disabled", "carol": "expired", "dave": "inactive",
+                              "erin": "active", "staff": "active", "contractors-primary": "active",
+                              "Domain Users": "active"}
+    with store.session() as session:
+        dave = session.scalars(select(Principal).where(Principal.name == "dave")).one()
+        # Inactive since the newest activity (the logon 200 days ago) plus the 90-day window.
+        assert dave.state_since == NOW - timedelta(days=110)
+
+
+def test_primary_group_membership_is_stored(store):
+    sync(store, estate())
+    with store.session() as session:
+        rows = session.execute(
+            select(Principal.name, Membership.via_primary)
+            .join(Membership, Membership.member_id == Principal.id)
+        ).all()
+    pairs = sorted(rows)
+    # erin via primaryGroupID 1201; everybody else via 513 (Domain Users); alice and bob via member.
+    assert ("erin", True) in pairs and pairs.count(("alice", True)) == 1 and pairs.count(("alice", False)) == 1
+
+
+def test_second_sync_with_no_change_changes_nothing(store):
+    sync(store, estate())
+    counts = (_count(store, Principal), _count(store, Membership), _count(store, PrincipalEvent))
+    outcome = sync(store, estate())
+    assert outcome.changes == 0
+    assert (_count(store, Principal), _count(store, Membership), _count(store, PrincipalEvent)) == counts
+
+
+def test_failed_read_changes_nothing_and_is_recorded(store):
+    sync(store, estate())
+    before = _states(store)
+    with pytest.raises(DirectoryError):
+        sync(store, estate()[:2], fail_after=1)
+    assert _states(store) == before  # nobody became missing
+    with store.session() as session:
+        last = session.scalars(select(SyncRun).order_by(SyncRun.id.desc())).first()
+        assert last.status == "failed" and "connection to dc1 lost" in last.error
+
+
+def test_missing_only_after_a_complete_read_and_back_when_seen_again(store):
+    entries = estate()
+    sync(store, entries)
+    outcome = sync(store, [e for e in entries if e.name != "alice"])
+    assert _states(store)["alice"] == "missing" and outcome.events == {"became_missing": 1}
+    sync(store, entries)
+    assert _states(store)["alice"] == "active"
+
+
+def test_tombstone_marks_deleted_and_keeps_last_live_values(store):
+    entries = estate()
+    sync(store, entries)
+    alice = entries[0]
+    tomb = DirectoryEntry(guid=alice.guid, kind=EntryKind.USER, name="alice", deleted=True,
+                          dn=f"CN=alice\\0ADEL:{alice.guid},CN=Deleted Objects,DC=corp,DC=example,DC=com")
+    sync(store, [tomb, *entries[1:]])
+    with store.session() as session:
+        row = session.scalars(select(Principal).where(Principal.guid == alice.guid)).one()
+        assert row.state == "deleted" and row.dn == alice.dn
+
+
+def test_rename_and_move_keep_identity(store):
+    entries = estate()
+    sync(store, entries)
+    moved = DirectoryEntry(**{**{f: getattr(entries[0], f) for f in entries[0].__slots__},
+                              "name": "alice.smith", "dn": "CN=alice.smith,OU=Sales,DC=corp,DC=example,DC=com"})
+    outcome = sync(store, [moved, *entries[1:]])
+    assert outcome.events == {"moved": 1, "renamed": 1}
+    assert _count(store, Principal) == len(entries)
+
+
+def test_dn_comparison_ignores_case_so_no_false_moves(store):
+    entries = estate()
+    sync(store, entries)
+    upper = [DirectoryEntry(**{**{f: getattr(e, f) for f in e.__slots__}, "dn": e.dn.upper()}) for e in entries]
+    assert sync(store, upper).changes == 0
+    assert decode.dn_key(upper[0].dn) == decode.dn_key(entries[0].dn)
