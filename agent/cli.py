@@ -206,10 +206,10 @@ def _print_summary(report: dict) -> None:
     status = "COMPLIANT" if report["compliant"] else "NOT COMPLIANT"
     click.echo(f"run {report['run']['id']}: {status} — {summary['errors']} errors, {summary['warnings']} warnings, "
                f"shortfall {summary['shortfall']}")
-    rows = [("product", "version", "type", "required", "owned", "assigned", "shortfall")]
+    rows = [("product", "version", "type", "required", "owned", "assigned", "licensed", "free", "shortfall")]
     for p in report["products"]:
         rows.append((p["product"], p["version"], p["cal_type"], str(p["required"]), str(p["owned"]),
-                     str(p["assigned"]), str(p["shortfall"])))
+                     str(p["assigned"]), str(p.get("licensed", "")), str(p.get("free", "")), str(p["shortfall"])))
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         click.echo("")

@@ -90,9 +90,9 @@ def make_report(*, compliant=False, findings=None, previous_id=2, new=(), resolv
         ],
         "products": products if products is not None else [
             {"product": "windows-server", "product_name": "Windows Server", "version": "2022",
-             "cal_type": "user", "required": 180, "owned": 176, "assigned": 160, "shortfall": 4},
+             "cal_type": "user", "required": 180, "owned": 176, "assigned": 172, "licensed": 160, "free": 4, "shortfall": 4},
             {"product": "rds", "product_name": "Remote Desktop Services", "version": "2019",
-             "cal_type": "device", "required": 35, "owned": 40, "assigned": 35, "shortfall": 0},
+             "cal_type": "device", "required": 35, "owned": 40, "assigned": 37, "licensed": 35, "free": 3, "shortfall": 0},
         ],
         "findings": findings,
         "drift": {"new": list(new), "resolved": list(resolved)},
@@ -263,12 +263,12 @@ def test_product_table_rows_and_shortfall_highlight(doc):
     rows = {r.attrs["data-product"]: r for r in doc.by_id("products").find_all("tr", cls="product")}
     assert set(rows) == {"windows-server", "rds"}
     assert cells(rows["windows-server"]) == [
-        "Windows Server windows-server", "2022", "user", "180", "176", "160", "4",
+        "Windows Server windows-server", "2022", "user", "180", "176", "172", "160", "4", "4",
     ]
     assert "short" in rows["windows-server"].classes
     assert "short" not in rows["rds"].classes
     numeric = [td for td in rows["rds"].find_all("td") if "num" in td.classes]
-    assert [squash(td.text()) for td in numeric] == ["35", "40", "35", "0"]
+    assert [squash(td.text()) for td in numeric] == ["35", "40", "37", "35", "3", "0"]
 
 
 def test_hostile_display_names_are_text_not_markup(report):
@@ -476,16 +476,16 @@ def test_harmless_text_is_not_prefixed(report):
 def test_products_csv_writes_numbers_as_numbers():
     products = [
         {"product": "windows-server", "product_name": "=cmd|' /C calc'!A0", "version": "2022",
-         "cal_type": "user", "required": 180, "owned": 176, "assigned": 160, "shortfall": 4},
+         "cal_type": "user", "required": 180, "owned": 176, "assigned": 172, "licensed": 160, "free": 4, "shortfall": 4},
         {"product": "-rds", "product_name": "Remote Desktop Services", "version": "2019",
-         "cal_type": "device", "required": 35, "owned": 40, "assigned": 35, "shortfall": -5},
+         "cal_type": "device", "required": 35, "owned": 40, "assigned": 37, "licensed": 35, "free": 3, "shortfall": -5},
     ]
     text = render_products_csv(make_report(products=products))
     rows = read_csv(text)
     assert rows[0] == list(PRODUCT_COLUMNS)
     assert rows[1] == ["windows-server", "'=cmd|' /C calc'!A0", "2022", "user", "180", "176",
-                       "160", "4"]
-    assert rows[2] == ["'-rds", "Remote Desktop Services", "2019", "device", "35", "40", "35", "-5"]
+                       "172", "160", "4", "4"]
+    assert rows[2] == ["'-rds", "Remote Desktop Services", "2019", "device", "35", "40", "37", "35", "3", "-5"]
     assert text.splitlines()[2].endswith(",-5")  # a bare number, not quoted text
 
 

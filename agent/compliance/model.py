@@ -111,7 +111,12 @@ class ProductLine:
     cal_type: str
     required: int
     owned: int
-    assigned: int
+    assigned: int  # seats handed out from the purchases counted here, stale ones included
+    licensed: int  # required principals that hold a covering seat
+
+    @property
+    def free(self) -> int:
+        return max(0, self.owned - self.assigned)
 
     @property
     def shortfall(self) -> int:

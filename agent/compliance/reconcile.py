@@ -218,7 +218,8 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
             details=(("requirements", need.requirements),),
         ))
 
-    products = _product_lines(rows, licensed, inventory, today)
+    seats = {pid: len(holders) for pid, holders in seats_used.items()}
+    products = _product_lines(rows, licensed, seats, inventory, today)
     for line in products:
         if line.shortfall:
             findings.append(Finding(
@@ -265,14 +266,25 @@ def _orphan(assignment: Assignment, purchase: Purchase) -> Finding:
 
 
 def _product_lines(rows: dict[tuple[str, str, str], int], licensed: dict[tuple[str, str, str], int],
-                   inventory: Inventory, today: date) -> tuple[ProductLine, ...]:
+                   seats: dict[str, int], inventory: Inventory, today: date) -> tuple[ProductLine, ...]:
     """Per product/version/type: required vs owned.  A newer CAL may serve an older requirement,
     so within a product and CAL type the rows are filled most demanding version first; each row's
-    `owned` is what is left for it (the eligible sets are nested, so this greedy fill is optimal)."""
+    `owned` is what is left for it (the eligible sets are nested, so this greedy fill is optimal).
+
+    `assigned` counts the seats handed out (stale ones included) of the purchases whose home is the
+    row: the most demanding row the purchase covers, or its own row when it covers none."""
     keys = set(rows)
+    home: dict[tuple[str, str, str], int] = defaultdict(int)
     for p in inventory.purchases:
-        if p.valid_on(today) and not any(_covers(p, prod, ver, ct, inventory, today) for prod, ver, ct in rows):
-            keys.add((p.product, p.version, p.cal_type))
+        if not p.valid_on(today):
+            continue
+        covered = [key for key in rows if _covers(p, *key, inventory, today)]
+        if covered:
+            key = max(covered, key=lambda k: parse_version(k[1]))
+        else:
+            key = (p.product, p.version, p.cal_type)
+            keys.add(key)
+        home[key] += seats.get(p.id, 0)
     lines: list[ProductLine] = []
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for product, version, cal_type in keys:
@@ -287,7 +299,8 @@ def _product_lines(rows: dict[tuple[str, str, str], int], licensed: dict[tuple[s
             consumed += min(required, owned)
             lines.append(ProductLine(product=product, product_name=inventory.catalog.name(product),
                                      version=version, cal_type=cal_type, required=required, owned=owned,
-                                     assigned=licensed.get((product, version, cal_type), 0)))
+                                     assigned=home.get((product, version, cal_type), 0),
+                                     licensed=licensed.get((product, version, cal_type), 0)))
     return tuple(sorted(lines, key=lambda l: (l.product, l.cal_type, parse_version(l.version))))
 
 

@@ -44,6 +44,8 @@ PRODUCT_COLUMNS = (
     "required",
     "owned",
     "assigned",
+    "licensed",
+    "free",
     "shortfall",
 )
 

@@ -78,6 +78,8 @@ def build_report(result: Reconciliation, *, run_id: int, previous: dict[str, Any
                 "required": line.required,
                 "owned": line.owned,
                 "assigned": line.assigned,
+                "licensed": line.licensed,
+                "free": line.free,
                 "shortfall": line.shortfall,
             }
             for line in result.products
