@@ -238,6 +238,32 @@ class Config(Strict):
         raise KeyError(name)
 
 
+def key_paths(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """Every YAML key the schema accepts, as paths like ``directories[].tls.ca_file`` (for the
+    docs check and for anyone who wants to know the whole surface)."""
+    import typing
+
+    def flatten(annotation: Any) -> list[Any]:
+        args = typing.get_args(annotation)
+        return [a for arg in args for a in flatten(arg)] if args else [annotation]
+
+    out: list[str] = []
+    for name, field in (model or Config).model_fields.items():
+        if field.exclude:
+            continue
+        path = prefix + name
+        if path not in out:
+            out.append(path)
+        is_list = typing.get_origin(field.annotation) is list or any(
+            typing.get_origin(a) is list for a in typing.get_args(field.annotation))
+        for sub in flatten(field.annotation):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                for child in key_paths(sub, path + ("[]." if is_list else ".")):
+                    if child not in out:
+                        out.append(child)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading and error reporting
 

@@ -164,12 +164,14 @@ def test_full_cycle_gives_the_findings_an_auditor_would_raise(corp):
     ])
     assert got["orphan_assignment"] == [("windows-server", "user", f"ghost-{t}", None)]
     assert got["over_assigned"] == [("windows-server", "user", "PO-WS", None)]
-    products = {(p["product"], p["version"], p["cal_type"]): (p["required"], p["owned"], p["assigned"], p["shortfall"])
+    products = {(p["product"], p["version"], p["cal_type"]): (p["required"], p["owned"], p["assigned"], p["licensed"],
+                                                              p["shortfall"])
                 for p in report["products"]}
     # staff-windows: alice, bob, grace (dave disabled, erin expired, frank deleted, svc excluded).
-    assert products[("windows-server", "2022", "user")] == (3, 2, 1, 1)
-    assert products[("windows-server", "2022", "device")] == (2, 1, 1, 1)
-    assert products[("rds", "2022", "user")] == (1, 0, 0, 1)
+    # Four seats of PO-WS are handed out (alice, dave, frank, ghost) but only alice is licensed.
+    assert products[("windows-server", "2022", "user")] == (3, 2, 4, 1, 1)
+    assert products[("windows-server", "2022", "device")] == (2, 1, 1, 1, 1)
+    assert products[("rds", "2022", "user")] == (1, 0, 0, 0, 1)
     assert sorted(f["product"] + "/" + f["cal_type"] for f in report["findings"] if f["kind"] == "shortfall") == [
         "exchange-standard/user", "rds/user", "windows-server/device", "windows-server/user"]
     # The drift since the first run is exactly frank's departure.
@@ -284,4 +286,15 @@ def test_without_tombstone_rights_a_deleted_user_is_missing_not_forgotten(corp, 
         assert stale[f"henry-{t}"] == "missing"
     finally:
         corp.inventory.write_text(original)
+        corp.write_config()
+
+
+def test_test_connection_names_a_wrong_base_dn(corp, samba_dc):
+    corp.write_config(base_dn=f"OU=nowhere-{corp.tag},{samba_dc.base_dn}")
+    try:
+        proc = cal_agent(corp.config, "test-connection")
+        assert proc.returncode == 3
+        assert f"base_dn 'OU=nowhere-{corp.tag},{samba_dc.base_dn}' cannot be read" in proc.stdout
+        assert "hint: check directories[].base_dn" in proc.stdout
+    finally:
         corp.write_config()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import typing
@@ -193,3 +194,12 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     assert ldif.as_of.tzinfo is not None
     assert config.database.url == f"sqlite:///{tmp_path / 'state.db'}"
     assert config.inventory == tmp_path / "inventory.yaml"
+
+
+def test_configuration_reference_documents_every_key():
+    """docs/configuration.md has a table row for every key the schema accepts, and no stale ones."""
+    from agent.config import key_paths
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_\[\]\.]+)` \|", text, flags=re.MULTILINE))
+    assert documented == set(key_paths())

@@ -159,6 +159,10 @@ def _cal_label(inventory: Inventory, product: str, version: str, cal_type: str) 
     return f"{inventory.catalog.name(product)} {version} ({cal_type})"
 
 
+def _a(label: str) -> str:
+    return ("an " if label[:1].lower() in "aeiou" else "a ") + label
+
+
 def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventory: Inventory, *,
               today: date) -> Reconciliation:
     index = _Index(view)
@@ -213,8 +217,8 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
         findings.append(Finding(
             kind=kind, product=need.product, version=need.version, cal_type=need.cal_type,
             principal=PrincipalRef.of(principal),
-            message=f"{principal.name} needs a {_cal_label(inventory, need.product, need.version, need.cal_type)} "
-            f"CAL (requirement {', '.join(need.requirements)}){detail}",
+            message=f"{principal.name} needs {_a(_cal_label(inventory, need.product, need.version, need.cal_type))} "
+            f"(requirement {', '.join(need.requirements)}){detail}",
             details=(("requirements", need.requirements),),
         ))
 

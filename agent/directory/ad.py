@@ -143,9 +143,24 @@ class ActiveDirectoryReader:
                 whoami = conn.extend.standard.who_am_i() or self.config.bind_dn
             except ldap_exc.LDAPException:
                 whoami = self.config.bind_dn  # Samba does not implement the WhoAmI extended operation
+            # The commonest set-up mistake is a base_dn that does not exist or that the account
+            # cannot read: say so here rather than as an empty (or failed) first sync.
+            self._log_search(self.config.base_dn, "(objectClass=*)", ["objectClass"], scope="base")
+            try:
+                found = conn.search(self.config.base_dn, "(objectClass=*)", ldap3.BASE, attributes=["objectClass"])
+                reason = "not visible to the bind account"
+            except ldap_exc.LDAPOperationResult as exc:
+                found, reason = False, _ldap_reason(exc)
+            if not found or not conn.entries:
+                raise DirectoryError(
+                    f"{self.config.url}: base_dn {self.config.base_dn!r} cannot be read: {reason}",
+                    hint="check directories[].base_dn (e.g. DC=corp,DC=example,DC=com) and that the bind "
+                    "account may read it",
+                )
             return {
                 "server": root.get("dnsHostName") or self.host,
                 "bound_as": whoami,
+                "base_dn": self.config.base_dn,
                 "default_naming_context": root.get("defaultNamingContext"),
                 "highest_committed_usn": root.get("highestCommittedUSN"),
                 "tls": "ldaps" if self.use_ssl else "starttls",

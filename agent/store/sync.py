@@ -122,7 +122,7 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 outcome.computers += 1
             if row is None:
                 row = Principal(directory=directory, guid=entry.guid, state=state.value,
-                                state_since=since or now, first_seen=now, last_seen=now)
+                                state_since=since or judge_at, first_seen=now, last_seen=now)
                 _copy(entry, row)
                 session.add(row)
                 existing[entry.guid] = row
@@ -142,7 +142,7 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
             _copy(entry, row)
             if row.state != state.value:
                 events.append((row, "state", row.state, state.value))
-                row.state, row.state_since = state.value, since or now
+                row.state, row.state_since = state.value, since or judge_at
             row.last_seen = now
         for guid, row in existing.items():
             if guid in seen or row.state in (PrincipalState.MISSING, PrincipalState.DELETED):
