@@ -196,6 +196,27 @@ class Requirement(Strict):
         return self
 
 
+class ExemptConfig(Strict):
+    """Principals that are never required (R19): administrators per server product, at most two
+    each, and service accounts for every product."""
+
+    admins: dict[str, Annotated[list[str], Field(max_length=2)]] = {}
+    service_accounts: list[str] = []
+
+
+class RulesConfig(Strict):
+    expiry_warning_days: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [90, 30, 7]
+    reassignment_min_days: Annotated[int, Field(ge=0)] = 90  # R06
+
+
+class PoliciesConfig(Strict):
+    """What `cal-agent plan` proposes (and `plan --apply` does); both off unless enabled."""
+
+    auto_assign: bool = False  # free seats to unlicensed principals
+    reclaim: bool = False  # seats of departed principals
+    reclaim_after_days: Annotated[int, Field(ge=0)] = 30
+
+
 class ReportsConfig(Strict):
     directory: ConfigPath = Path(DEFAULT_REPORTS_DIR)
 
@@ -210,6 +231,9 @@ class Config(Strict):
     directories: Annotated[list[DirectoryConfig], Field(min_length=1)]
     inventory: ConfigPath
     requirements: list[Requirement] = []
+    exempt: ExemptConfig = ExemptConfig()
+    rules: RulesConfig = RulesConfig()
+    policies: PoliciesConfig = PoliciesConfig()
     reports: ReportsConfig = ReportsConfig()
     log: LogConfig = LogConfig()
 

@@ -55,7 +55,9 @@ def inventory(purchases=(), assignments=()):
 
 
 def purchase(pid="PO-1", product="windows-server", version="2022", cal_type="user", quantity=10, **extra):
-    return {"id": pid, "product": product, "version": version, "cal_type": cal_type, "quantity": quantity, **extra}
+    # An invoice by default: tests of other rules should not also raise missing_evidence (R36).
+    return {"id": pid, "product": product, "version": version, "cal_type": cal_type, "quantity": quantity,
+            "invoice": f"INV-{pid}", **extra}
 
 
 def kinds(result, kind):

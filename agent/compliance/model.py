@@ -20,6 +20,14 @@ STALE_ASSIGNMENT = "stale_assignment"
 ORPHAN_ASSIGNMENT = "orphan_assignment"
 TYPE_MISMATCH = "type_mismatch"
 UNKNOWN_GROUP = "unknown_group"
+VERSION_MISMATCH = "version_mismatch"
+MISSING_BASE_CAL = "missing_base_cal"
+EXPIRING = "expiring"
+EXPIRED = "expired"
+MISSING_EVIDENCE = "missing_evidence"
+PREMATURE_REASSIGNMENT = "premature_reassignment"
+OWNER_DEPARTED = "owner_departed"
+RDS_OVER_ISSUED = "rds_over_issued"
 
 SEVERITY = {
     UNLICENSED_USER: ERROR,
@@ -28,9 +36,27 @@ SEVERITY = {
     OVER_ASSIGNED: ERROR,
     TYPE_MISMATCH: ERROR,
     UNKNOWN_GROUP: ERROR,  # a selector that matches nothing would otherwise look "compliant"
+    MISSING_BASE_CAL: ERROR,  # R12-R15: the access is not licensed without the base
+    RDS_OVER_ISSUED: ERROR,  # R25: per-user RDS CALs are not enforced, so over-issue is a breach
     STALE_ASSIGNMENT: WARNING,
     ORPHAN_ASSIGNMENT: WARNING,
+    VERSION_MISMATCH: WARNING,  # the principal's unlicensed_* finding is the error
+    EXPIRING: WARNING,
+    EXPIRED: WARNING,  # an expired purchase is no longer owned: shortfall/unlicensed carry the error
+    MISSING_EVIDENCE: WARNING,
+    PREMATURE_REASSIGNMENT: WARNING,
+    OWNER_DEPARTED: WARNING,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RdsPerUserCal:
+    """A per-user RDS CAL an RD licence server recorded on the user object (msTSExpireDate,
+    msTSLicenseVersion, msTSManagingLS, and their 2-4 variants; R27)."""
+
+    version: str | None  # product version year ("2022"), None when the server wrote no version
+    expires: datetime | None
+    license_server: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +71,7 @@ class Principal:
     state: str
     display_name: str | None = None
     state_since: datetime | None = None
+    rds_cals: tuple[RdsPerUserCal, ...] = ()
 
     @property
     def key(self) -> PrincipalKey:

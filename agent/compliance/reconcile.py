@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, time, timezone
 
 from agent.compliance import model as m
 from agent.compliance.model import (
@@ -21,9 +21,9 @@ from agent.compliance.model import (
     ProductLine,
     Reconciliation,
 )
-from agent.config import Requirement, Selector
+from agent.config import ExemptConfig, Requirement, RulesConfig, Selector
 from agent.directory.decode import dn_is_under, dn_key
-from agent.inventory.register import Assignment, Inventory, Purchase
+from agent.inventory.register import LAWFUL_EARLY_REASONS, Assignment, Inventory, Purchase
 from agent.inventory.versions import normalise_version, parse_version, version_covers
 from agent.store.models import PrincipalState
 
@@ -129,12 +129,24 @@ def _unknown_group(requirement: Requirement, group: str, key: str) -> Finding:
     )
 
 
-def wanted(requirements: Sequence[Requirement], index: _Index, problems: list[Finding]) -> list[Need]:
+def _exempt(principal: Principal, product: str, exempt: ExemptConfig | None) -> bool:
+    """R19: up to two administrators per server product, and service accounts, need no CAL."""
+    if exempt is None:
+        return False
+    name = principal.name.lower()
+    return (name in {a.lower() for a in exempt.service_accounts}
+            or name in {a.lower().removesuffix("$") for a in exempt.admins.get(product, ())})
+
+
+def wanted(requirements: Sequence[Requirement], index: _Index, problems: list[Finding],
+           exempt: ExemptConfig | None = None) -> list[Need]:
     """One need per principal and (product, cal_type), at the highest version any requirement asks."""
     needs: dict[tuple[PrincipalKey, str, str], Need] = {}
     for requirement in requirements:
         version = normalise_version(requirement.version)
         for principal in select_principals(requirement, index, problems):
+            if _exempt(principal, requirement.product, exempt):
+                continue
             slot = (principal.key, requirement.product, requirement.cal_type)
             current = needs.get(slot)
             if current is None or parse_version(version) > parse_version(current.version):
@@ -164,10 +176,11 @@ def _a(label: str) -> str:
 
 
 def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventory: Inventory, *,
-              today: date) -> Reconciliation:
+              today: date, exempt: ExemptConfig | None = None, rules: RulesConfig | None = None) -> Reconciliation:
+    rules = rules or RulesConfig()
     index = _Index(view)
     findings: list[Finding] = []
-    needs = wanted(requirements, index, findings)
+    needs = wanted(requirements, index, findings, exempt)
 
     # Resolve assignments to principals.
     held: dict[PrincipalKey, list[Purchase]] = defaultdict(list)
@@ -210,8 +223,18 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
         if any(_covers(p, need.product, need.version, need.cal_type, inventory, today) for p in purchases):
             licensed[(need.product, need.version, need.cal_type)] += 1
             continue
-        older = sorted({p.version for p in purchases if p.cal_type == need.cal_type
-                        and inventory.catalog.grants(p.product, need.product)})
+        too_old = [p for p in purchases if p.cal_type == need.cal_type and p.valid_on(today)
+                   and inventory.catalog.grants(p.product, need.product)
+                   and not version_covers(p.version, need.version)]
+        for p in too_old:
+            findings.append(Finding(
+                kind=m.VERSION_MISMATCH, product=need.product, version=need.version, cal_type=need.cal_type,
+                principal=PrincipalRef.of(principal), purchase=p.id, reason=p.version,
+                message=f"{principal.name} holds {p.id}, a {p.version} CAL, which does not cover the "
+                f"{need.version} server (R07): assign a {need.version} or later CAL",
+                details=(("held_version", p.version), ("required_version", need.version)),
+            ))
+        older = sorted({p.version for p in too_old})
         detail = f"; holds only {', '.join(older)}" if older else " and holds none"
         kind = m.UNLICENSED_USER if need.cal_type == "user" else m.UNLICENSED_DEVICE
         findings.append(Finding(
@@ -243,7 +266,200 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
                 f"remove {used - purchase.quantity} or buy more",
                 details=(("assigned", used), ("quantity", purchase.quantity)),
             ))
+    findings += _missing_base_cals(needs, held, index, inventory, today)
+    findings += _purchase_dates(inventory, today, rules)
+    findings += _evidence(inventory)
+    findings += _premature_reassignments(inventory, index, rules)
+    findings += _departed_owners(inventory, index)
+    findings += _rds_over_issued(view, inventory, today)
     return Reconciliation(products=products, findings=tuple(sorted(set(findings), key=_finding_order)))
+
+
+def _holds(purchases: Iterable[Purchase], product: str, cal_type: str, inventory: Inventory, today: date) -> bool:
+    return any(p.valid_on(today) and p.cal_type == cal_type and inventory.catalog.grants(p.product, product)
+               for p in purchases)
+
+
+def _missing_base_cals(needs: list[Need], held: dict[PrincipalKey, list[Purchase]], index: _Index,
+                       inventory: Inventory, today: date) -> list[Finding]:
+    """R12-R15: an additive CAL needs its base CAL, and access to RDS, RMS, Exchange, SharePoint,
+    Skype or SQL Server also needs a Windows Server CAL, for the same principal and CAL type."""
+    catalog = inventory.catalog
+    needed = {(n.principal, n.product, n.cal_type) for n in needs}
+    out: dict[tuple, Finding] = {}
+
+    def check(key: PrincipalKey, product: str, cal_type: str, via: str | None) -> None:
+        spec = catalog.get(product)
+        if spec is None:
+            return
+        for prerequisite in dict.fromkeys(p for p in (spec.base, spec.layered_on) if p and p != product):
+            if (key, prerequisite, cal_type) in needed:
+                continue  # required in its own right: its unlicensed_* finding speaks for it
+            if _holds(held.get(key, ()), prerequisite, cal_type, inventory, today):
+                continue
+            principal = index.by_key[key]
+            what = f"holds {via}" if via else f"needs {catalog.name(product)}"
+            out.setdefault((key, product, cal_type, prerequisite), Finding(
+                kind=m.MISSING_BASE_CAL, product=product, cal_type=cal_type, principal=PrincipalRef.of(principal),
+                purchase=via, reason=prerequisite,
+                message=f"{principal.name} {what} but no {catalog.name(prerequisite)} ({cal_type}): "
+                f"{catalog.name(product)} is licensed only on top of it (R12-R15)",
+                details=(("requires", prerequisite),),
+            ))
+
+    for need in needs:
+        if index.by_key[need.principal].state == PrincipalState.ACTIVE.value:
+            check(need.principal, need.product, need.cal_type, None)
+    for key, purchases in held.items():
+        if index.by_key[key].state != PrincipalState.ACTIVE.value:
+            continue  # a departed holder's seat is a stale_assignment already
+        for purchase in purchases:
+            if purchase.valid_on(today) and (key, purchase.product, purchase.cal_type) not in needed:
+                check(key, purchase.product, purchase.cal_type, purchase.id)
+    return list(out.values())
+
+
+def _purchase_dates(inventory: Inventory, today: date, rules: RulesConfig) -> list[Finding]:
+    """Subscriptions and time-bound purchases: `expired`, or `expiring` at each warning threshold
+    (the threshold is part of the finding's identity, so each one is new once)."""
+    out = []
+    thresholds = sorted(set(rules.expiry_warning_days))
+    for p in inventory.purchases:
+        if p.expires_on is None:
+            continue
+        days = (p.expires_on - today).days
+        label = f"{p.id} ({inventory.catalog.name(p.product)} {p.version}, {p.quantity} {p.cal_type} seats)"
+        if days < 0:
+            out.append(Finding(
+                kind=m.EXPIRED, product=p.product, version=p.version, cal_type=p.cal_type, purchase=p.id,
+                since=datetime.combine(p.expires_on, time(), timezone.utc),
+                message=f"{label} expired on {p.expires_on:%Y-%m-%d} and no longer counts as owned: renew it "
+                "or remove its assignments",
+                details=(("expires_on", p.expires_on.isoformat()),),
+            ))
+            continue
+        crossed = [t for t in thresholds if days <= t]
+        if crossed:
+            out.append(Finding(
+                kind=m.EXPIRING, product=p.product, version=p.version, cal_type=p.cal_type, purchase=p.id,
+                reason=str(crossed[0]),
+                message=f"{label} expires on {p.expires_on:%Y-%m-%d}, in {days} day{'s' if days != 1 else ''}",
+                details=(("expires_on", p.expires_on.isoformat()), ("days_left", days)),
+            ))
+    return out
+
+
+def _evidence(inventory: Inventory) -> list[Finding]:
+    """R36: an auditor asks for proof of purchase (invoice, MLS, certificate) for every licence."""
+    out = []
+    for p in inventory.purchases:
+        if not p.invoice and not p.evidence:
+            reason, why = "none", "has no invoice reference and no evidence document"
+        elif p.id in inventory.missing_evidence_files:
+            reason, why = "file_not_found", f"names evidence {p.evidence!r}, which does not exist"
+        else:
+            continue
+        out.append(Finding(
+            kind=m.MISSING_EVIDENCE, product=p.product, version=p.version, cal_type=p.cal_type, purchase=p.id,
+            reason=reason, message=f"{p.id} {why}: add the proof of purchase before an audit",
+        ))
+    return out
+
+
+def _principal_named(index: _Index, name: str, kinds: Sequence[str], directory: str | None = None) -> Principal | None:
+    for kind in kinds:
+        found = [p for p in index.by_name.get((kind, name.lower().removesuffix("$")), [])
+                 if directory is None or p.directory == directory]
+        if found:
+            return sorted(found, key=lambda p: (p.state != PrincipalState.ACTIVE.value, p.directory))[0]
+    return None
+
+
+def _departed(principal: Principal | None, on: date) -> bool:
+    return (principal is not None and principal.state in _STALE_STATES
+            and (principal.state_since is None or principal.state_since.date() <= on))
+
+
+def _premature_reassignments(inventory: Inventory, index: _Index, rules: RulesConfig) -> list[Finding]:
+    """R06: a seat may move to another principal only 90 days after its previous assignment, unless
+    the previous holder left, the hardware failed, or it covers an absence."""
+    out = []
+    arrivals: dict[tuple[str, str], list[date]] = defaultdict(list)  # (purchase, principal) -> days it arrived
+    for t in sorted(inventory.transfers, key=lambda t: (t.on, t.purchase, t.from_principal.lower())):
+        held_since = max((d for d in arrivals[(t.purchase, t.from_principal.lower())] if d <= t.on),
+                         default=t.from_since)
+        arrivals[(t.purchase, t.to_principal.lower())].append(t.on)
+        if held_since is None or t.reason in LAWFUL_EARLY_REASONS:
+            continue
+        held_days = (t.on - held_since).days
+        if held_days >= rules.reassignment_min_days:
+            continue
+        purchase = inventory.by_id.get(t.purchase)
+        kinds = ("user",) if purchase is None or purchase.cal_type == "user" else ("computer",)
+        previous = _principal_named(index, t.from_principal, kinds)
+        if _departed(previous, t.on):
+            continue
+        target = _principal_named(index, t.to_principal, kinds)
+        ref = PrincipalRef.of(target) if target else PrincipalRef(kind=kinds[0], name=t.to_principal, directory=None)
+        out.append(Finding(
+            kind=m.PREMATURE_REASSIGNMENT, product=purchase.product if purchase else None,
+            version=purchase.version if purchase else None, cal_type=purchase.cal_type if purchase else None,
+            principal=ref, purchase=t.purchase, reason=t.reason,
+            since=datetime.combine(t.on, time(), timezone.utc),
+            message=f"a seat of {t.purchase} moved from {t.from_principal} to {t.to_principal} on {t.on:%Y-%m-%d}, "
+            f"{held_days} days after {t.from_principal} got it; reassignment is allowed after "
+            f"{rules.reassignment_min_days} days unless the holder left, the hardware failed or it covers an "
+            "absence (R06)",
+            details=(("from", t.from_principal), ("to", t.to_principal), ("on", t.on.isoformat()),
+                     ("held_since", held_since.isoformat()), ("held_days", held_days)),
+        ))
+    return out
+
+
+def _departed_owners(inventory: Inventory, index: _Index) -> list[Finding]:
+    """A licence activated on a vendor portal under a person's account is lost with that account."""
+    out = []
+    for p in inventory.purchases:
+        if not p.owner:
+            continue
+        owner = _principal_named(index, p.owner, ("user",))
+        if owner is not None and owner.state == PrincipalState.ACTIVE.value:
+            continue
+        state = owner.state if owner else "not_found"
+        what = f"is {owner.state}" if owner else "is not in the directory"
+        out.append(Finding(
+            kind=m.OWNER_DEPARTED, product=p.product, version=p.version, cal_type=p.cal_type, purchase=p.id,
+            principal=PrincipalRef.of(owner) if owner else PrincipalRef(kind="user", name=p.owner, directory=None),
+            reason=state, since=owner.state_since if owner else None,
+            message=f"{p.id} is held by the account {p.owner}, which {what}"
+            + (f" (activated on the vendor's portal)" if p.activation == "vendor_portal" else "")
+            + ": move the licence to a service or team account before access is lost",
+        ))
+    return out
+
+
+def _rds_over_issued(view: DirectoryView, inventory: Inventory, today: date) -> list[Finding]:
+    """R25/R27: per-user RDS CALs are not enforced; the licence server records each one it issues on
+    the user (msTSExpireDate, msTSLicenseVersion).  More unexpired ones of a version than purchased
+    RDS user CALs of that version is over-issue."""
+    issued: dict[str, set[PrincipalKey]] = defaultdict(set)
+    for principal in view.principals:
+        for cal in principal.rds_cals:
+            if cal.version and (cal.expires is None or cal.expires.date() >= today):
+                issued[normalise_version(cal.version)].add(principal.key)
+    out = []
+    for version, holders in sorted(issued.items()):
+        owned = sum(p.quantity for p in inventory.purchases
+                    if p.product == "rds" and p.cal_type == "user" and p.valid_on(today)
+                    and normalise_version(p.version) == version)
+        if len(holders) > owned:
+            out.append(Finding(
+                kind=m.RDS_OVER_ISSUED, product="rds", version=version, cal_type="user",
+                message=f"the RD licence servers issued {len(holders)} per-user RDS {version} CALs but {owned} are "
+                f"owned: buy {len(holders) - owned} more or revoke (R25)",
+                details=(("issued", len(holders)), ("owned", owned)),
+            ))
+    return out
 
 
 def _resolve(assignment: Assignment, purchase: Purchase, index: _Index) -> list[Principal] | None:

@@ -487,6 +487,9 @@ def expected_findings(d: Directory, assignments: list[tuple[str, str, date]]) ->
             row[2] += 1
         else:
             found["unlicensed_user" if ct == "user" else "unlicensed_device"] += 1
+            # Each held CAL of the right product and type but an older version is a version_mismatch.
+            found["version_mismatch"] += sum(1 for r in held.get(sam, []) if r[1] == prod and r[3] == ct
+                                             and int(r[2]) < int(version))
     for r in PURCHASES:  # purchases that cover no requirement show as their own line
         if not any(r[1] == prod and r[3] == ct and int(r[2]) >= int(v) for prod, v, ct in rows):
             rows[(r[1], r[2], r[3])] = [0, r[4], 0]
@@ -590,12 +593,12 @@ def write_inventory(assignments: list[tuple[str, str, date]]) -> str:
            "# Not compliant on purpose: a Windows Server 2022 user CAL shortfall, 2019 CALs that do not",
            "# cover 2022, required users and kiosks without a seat, seats still held by leavers and",
            "# deleted, expired or inactive accounts, two assignments to names that never existed, and",
-           "# one over-assigned purchase.  The evidence paths are references only (no files bundled).",
+           "# one over-assigned purchase.",
            "", "purchases:"]
     for pid, prod, version, ct, qty, bought, invoice, vendor, notes in PURCHASES:
         out += [f"  - id: {pid}", f"    product: {prod}", f'    version: "{version}"', f"    cal_type: {ct}",
                 f"    quantity: {qty}", f"    purchased_on: {bought.isoformat()}", f"    invoice: {invoice}",
-                f"    vendor: {yaml_str(vendor)}", f"    evidence: invoices/{invoice}.pdf", "    expires_on: null"]
+                f"    vendor: {yaml_str(vendor)}", "    expires_on: null"]
         if notes:
             out.append(f"    notes: {yaml_str(notes)}")
     out += ["", "assignments:"]
@@ -656,7 +659,7 @@ reports: {{directory: reports}}
 def write_readme(d: Directory, counts: dict[str, int], exp: dict) -> str:
     f, rows = exp["findings"], exp["rows"]
     kinds = ["unlicensed_user", "unlicensed_device", "shortfall", "over_assigned", "stale_assignment",
-             "orphan_assignment"]
+             "orphan_assignment", "version_mismatch"]
     table = ["| product | version | type | required | owned | licensed | shortfall |", "|---|---|---|---:|---:|---:|---:|"]
     for (prod, version, ct), (req, owned, lic) in sorted(rows.items()):
         table.append(f"| {prod} | {version} | {ct} | {req} | {owned} | {lic} | {max(0, req - owned)} |")

@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from agent.directory import decode
-from agent.directory.records import DirectoryEntry, EntryKind
+from agent.directory.records import DirectoryEntry, EntryKind, RdsLicense
+
+# Per-user RDS CAL tracking (R27): (expiry, version, licence server) of the 1st..4th CAL an RD
+# licence server recorded on a user (MS-ADA2 msTSExpireDate, msTSLicenseVersion, msTSManagingLS).
+RDS_LICENSE_SLOTS = tuple(
+    (f"msTSExpireDate{n}", f"msTSLicenseVersion{n}", f"msTSManagingLS{n}") for n in ("", "2", "3", "4")
+)
 
 # What is read from AD for every principal (one paged search for users, groups and computers).
 AD_ATTRIBUTES = (
@@ -31,6 +37,7 @@ AD_ATTRIBUTES = (
     "operatingSystemVersion",
     "isDeleted",
     "lastKnownParent",
+    *(name for slot in RDS_LICENSE_SLOTS for name in slot),
 )
 
 # Tombstones keep only a fixed attribute list (MS-ADTS 3.1.1.5.5.6.1).
@@ -126,8 +133,33 @@ def entry_from_ad(dn: str, raw: RawAttributes) -> DirectoryEntry | None:
         dns_host_name=decode.text(_one(attrs, "dNSHostName")),
         operating_system=decode.text(_one(attrs, "operatingSystem")),
         operating_system_version=decode.text(_one(attrs, "operatingSystemVersion")),
+        rds_licenses=_rds_licenses(attrs, field) if kind is EntryKind.USER else (),
         deleted=deleted,
     )
+
+
+def _rds_licenses(attrs: Mapping[str, list[bytes]], field) -> tuple[RdsLicense, ...]:
+    """The per-user RDS CALs recorded on a user, in slot order.
+
+    Licence servers seen in real directories write msTSLicenseVersion2 ("7") and
+    msTSLicenseVersion3 (the key pack ID, "C50-6.02-S") as more data about the *first* CAL, with no
+    msTSExpireDate2/3 (see ``decode.rds_cal_version``).  So a 2nd-4th slot is a CAL only when its
+    own msTSExpireDateN is set; otherwise counting those values as CALs would double or triple
+    the CALs issued.  And when msTSLicenseVersion is not understood, the first CAL's version is
+    read from the key pack ID in msTSLicenseVersion3, unless slot 3 is a CAL of its own.
+    """
+    licenses = []
+    for index, (expire_attr, version_attr, server_attr) in enumerate(RDS_LICENSE_SLOTS):
+        expires = field(expire_attr, decode.generalized_time)
+        version = decode.text(_one(attrs, version_attr))
+        server = decode.text(_one(attrs, server_attr))
+        if expires is None and (index > 0 or (version is None and server is None)):
+            continue
+        decoded = decode.rds_cal_version(version)
+        if index == 0 and decoded is None and _one(attrs, RDS_LICENSE_SLOTS[2][0]) is None:
+            decoded = decode.rds_cal_version(_one(attrs, RDS_LICENSE_SLOTS[2][1]))
+        licenses.append(RdsLicense(version=decoded, expires=expires, license_server=server))
+    return tuple(licenses)
 
 
 def tombstone_parent(raw: RawAttributes) -> str | None:

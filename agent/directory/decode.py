@@ -156,3 +156,40 @@ def dn_is_under(dn: str, base: str) -> bool:
     """True when ``dn`` equals ``base`` or lies in its subtree (compared RDN by RDN)."""
     dn_p, base_p = dn_parts(dn), dn_parts(base)
     return len(dn_p) >= len(base_p) and dn_p[len(dn_p) - len(base_p):] == base_p
+
+
+# msTSLicenseVersion (and its 2-4 variants) -> Windows Server version of a per-user RDS CAL (R27).
+#
+# The schema says only "Unicode string: version of the (first..fourth) per-user CAL" (MS-ADA2
+# 2.702-2.705, adschema a-mstslicenseversion).  What RD licence servers actually write, from two
+# real user objects published on GitHub (each with msTSExpireDate and msTSManagingLS too):
+#   msTSLicenseVersion = "393216", msTSLicenseVersion2 = "7", msTSLicenseVersion3 = "C50-6.00-S"
+#   msTSLicenseVersion = "393218", msTSLicenseVersion2 = "7", msTSLicenseVersion3 = "C50-6.02-S"
+# and no msTSExpireDate2/3, msTSManagingLS2/3: the 2/3 variants held more data about the same
+# (only) CAL, not a second CAL.  The number is the CAL version as major << 16 | minor
+# (0x00060000 = 6.0, 0x00060002 = 6.2).  The C50-... string is the ID of the per-user key pack the
+# CAL came from, which Win32_TSLicenseKeyPack reports as Description beside ProductVersion (key
+# pack listings in Checkmk's cmk/base/legacy_checks/rds_licenses.py and a public check_mk local
+# check): C50-6.00-S "Windows Server 2008 or Windows Server 2008 R2" (ProductVersionID 2),
+# C50-6.02-S "Windows Server 2012" (4), C50-10.01-S "Windows Server 2019" (6).
+# Only these values are mapped.  Anything else (for instance whatever number a 2016, 2019, 2022 or
+# 2025 licence server writes: no source we found shows one) decodes to None, never to a guess.
+_RDS_CAL_VERSIONS = {
+    "393216": "2008",  # 6.0: its key pack reads "Windows Server 2008 or Windows Server 2008 R2"
+    "393218": "2012",  # 6.2: also the CAL for 2012 R2 (no 2012 R2 RDS CAL exists, R08)
+    "C50-6.00-S": "2008",
+    "C50-6.02-S": "2012",
+    "C50-10.01-S": "2019",
+}
+
+
+def rds_cal_version(value: bytes | str | None) -> str | None:
+    """A msTSLicenseVersion* value to the product version of the CAL (``"2012"``), or None when
+    the value is absent or not one we have seen documented (see ``_RDS_CAL_VERSIONS``)."""
+    raw = text(value)
+    if raw is None:
+        return None
+    key = raw.strip().upper()
+    if key.isdigit():
+        key = str(int(key))  # "0393218" and "393218" are the same number
+    return _RDS_CAL_VERSIONS.get(key)

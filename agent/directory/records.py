@@ -25,6 +25,16 @@ UAC_SERVER_TRUST_ACCOUNT = 0x2000
 
 
 @dataclass(frozen=True, slots=True)
+class RdsLicense:
+    """A per-user RDS CAL an RD licence server recorded on a user object (R27): msTSExpireDate,
+    msTSLicenseVersion, msTSManagingLS, or their 2-4 variants for a 2nd-4th CAL."""
+
+    version: str | None  # product version of the CAL ("2012"); None when absent or not understood
+    expires: datetime | None  # msTSExpireDate*
+    license_server: str | None  # msTSManagingLS*: the licence server's product ID, as written
+
+
+@dataclass(frozen=True, slots=True)
 class DirectoryEntry:
     """One user, group or computer as read from a directory.
 
@@ -49,6 +59,7 @@ class DirectoryEntry:
     dns_host_name: str | None = None
     operating_system: str | None = None
     operating_system_version: str | None = None
+    rds_licenses: tuple[RdsLicense, ...] = ()  # per-user RDS CALs, users only
     deleted: bool = False  # read from a tombstone (Show Deleted control)
     extra: tuple[tuple[str, str], ...] = field(default=())  # reserved for profile-specific values
 

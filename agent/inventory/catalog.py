@@ -21,19 +21,24 @@ class Product:
     cal_types: tuple[str, ...] = ("user", "device")
     base: str | None = None  # an additive CAL needs this base CAL too (R12-R14)
     includes: tuple[str, ...] = ()  # a suite grants these products' CAL rights (R16, R17)
+    # Server products that run on Windows Server: their users also need a Windows Server CAL (R12, R15).
+    layered_on: str | None = None
 
 
 BUILT_IN: tuple[Product, ...] = (
     Product("windows-server", "Windows Server CAL"),
     Product("rds", "Remote Desktop Services CAL", base="windows-server"),
     Product("rms", "Active Directory Rights Management Services CAL", base="windows-server"),
-    Product("exchange-standard", "Exchange Server Standard CAL"),
-    Product("exchange-enterprise", "Exchange Server Enterprise CAL", base="exchange-standard"),
-    Product("sharepoint-standard", "SharePoint Server Standard CAL"),
-    Product("sharepoint-enterprise", "SharePoint Server Enterprise CAL", base="sharepoint-standard"),
-    Product("skype-standard", "Skype for Business Server Standard CAL"),
-    Product("skype-enterprise", "Skype for Business Server Enterprise CAL", base="skype-standard"),
-    Product("sql-server", "SQL Server CAL"),
+    Product("exchange-standard", "Exchange Server Standard CAL", layered_on="windows-server"),
+    Product("exchange-enterprise", "Exchange Server Enterprise CAL", base="exchange-standard",
+            layered_on="windows-server"),
+    Product("sharepoint-standard", "SharePoint Server Standard CAL", layered_on="windows-server"),
+    Product("sharepoint-enterprise", "SharePoint Server Enterprise CAL", base="sharepoint-standard",
+            layered_on="windows-server"),
+    Product("skype-standard", "Skype for Business Server Standard CAL", layered_on="windows-server"),
+    Product("skype-enterprise", "Skype for Business Server Enterprise CAL", base="skype-standard",
+            layered_on="windows-server"),
+    Product("sql-server", "SQL Server CAL", layered_on="windows-server"),
     # R16: Core CAL Suite = the base CALs.  R18: no suite includes RDS.
     Product("core-cal-suite", "Core CAL Suite",
             includes=("windows-server", "exchange-standard", "sharepoint-standard", "skype-standard")),

@@ -8,7 +8,10 @@ import from it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -55,6 +58,10 @@ class Purchase(_Strict):
     evidence: str | None = None
     expires_on: date | None = None
     notes: str | None = None
+    activation: Literal["vendor_portal", "key", "none"] | None = None
+    owner: str | None = None  # the account that holds a vendor-portal licence (owner_departed)
+    unit_price: Annotated[Decimal, Field(ge=0)] | None = None  # per seat, for cost advice (R04)
+    currency: str | None = None
 
     _v = field_validator("version", mode="before")(lambda cls, v: _version(v))
 
@@ -77,20 +84,57 @@ class Assignment(_Strict):
         return value[:-1] if value.endswith("$") else value
 
 
+LAWFUL_EARLY_REASONS = ("departed", "hardware_failure", "temporary_cover")  # R06 exceptions
+TRANSFER_REASONS = (*LAWFUL_EARLY_REASONS, "other")
+
+
+class Transfer(_Strict):
+    """A seat moved from one principal to another (R06: not within 90 days, unless lawful)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    purchase: Annotated[str, Field(min_length=1)]
+    from_principal: Annotated[str, Field(min_length=1, alias="from")]
+    to_principal: Annotated[str, Field(min_length=1, alias="to")]
+    on: date
+    reason: Literal["departed", "hardware_failure", "temporary_cover", "other"] = "other"
+    from_since: date | None = None  # when the previous holder got the seat, if not in the register
+    notes: str | None = None
+
+    @field_validator("from_principal", "to_principal")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        value = value.strip()
+        return value[:-1] if value.endswith("$") else value
+
+
 class InventoryFile(_Strict):
     products: list[ProductEntry] = []
     purchases: list[Purchase] = []
     assignments: list[Assignment] = []
+    transfers: list[Transfer] = []
 
 
+@dataclass(frozen=True)
 class Inventory:
-    def __init__(self, purchases: list[Purchase], assignments: list[Assignment], catalog: Catalog,
-                 source: str | None = None) -> None:
-        self.purchases = tuple(purchases)
-        self.assignments = tuple(assignments)
-        self.catalog = catalog
-        self.source = source
-        self.by_id = {p.id: p for p in purchases}
+    """Everything the rules need to know about what was bought and who holds it.  Built from the
+    YAML file or from the database register; the rules cannot tell which."""
+
+    purchases: tuple[Purchase, ...]
+    assignments: tuple[Assignment, ...]
+    catalog: Catalog
+    source: str | None = None
+    transfers: tuple[Transfer, ...] = ()
+    missing_evidence_files: frozenset[str] = frozenset()  # purchase ids whose evidence file is absent
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "purchases", tuple(self.purchases))
+        object.__setattr__(self, "assignments", tuple(self.assignments))
+        object.__setattr__(self, "transfers", tuple(self.transfers))
+
+    @cached_property
+    def by_id(self) -> dict[str, Purchase]:
+        return {p.id: p for p in self.purchases}
 
 
 def parse_inventory(data, *, catalog: Catalog | None = None, source: str | None = None) -> Inventory:
@@ -129,9 +173,28 @@ def parse_inventory(data, *, catalog: Catalog | None = None, source: str | None 
     for i, assignment in enumerate(parsed.assignments):
         if assignment.purchase not in seen:
             problems.append(f"assignments[{i}].purchase: no purchase with id {assignment.purchase!r}")
+    for i, transfer in enumerate(parsed.transfers):
+        if transfer.purchase not in seen:
+            problems.append(f"transfers[{i}].purchase: no purchase with id {transfer.purchase!r}")
     if problems:
         raise InventoryError(problems, source=source)
-    return Inventory(list(parsed.purchases), list(parsed.assignments), catalog, source=source)
+    return Inventory(tuple(parsed.purchases), tuple(parsed.assignments), catalog, source=source,
+                     transfers=tuple(parsed.transfers))
+
+
+def evidence_path(evidence: str, base_dir: Path | None) -> Path:
+    path = Path(evidence).expanduser()
+    return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+def check_evidence(inventory: Inventory, base_dir: Path | None) -> Inventory:
+    """The I/O half of `missing_evidence`: which evidence documents do not exist (relative paths
+    are resolved against the inventory file's folder)."""
+    import dataclasses
+
+    missing = frozenset(p.id for p in inventory.purchases
+                        if p.evidence and not evidence_path(p.evidence, base_dir).is_file())
+    return dataclasses.replace(inventory, missing_evidence_files=missing)
 
 
 def load_inventory(path: Path, *, catalog: Catalog | None = None) -> Inventory:
@@ -148,4 +211,4 @@ def load_inventory(path: Path, *, catalog: Catalog | None = None) -> Inventory:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise InventoryError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}", source=source) from None
-    return parse_inventory(data, catalog=catalog, source=source)
+    return check_evidence(parse_inventory(data, catalog=catalog, source=source), path.parent)

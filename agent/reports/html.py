@@ -52,6 +52,58 @@ KIND_INFO: dict[str, tuple[str, str, str]] = {
         "The inventory assigns a CAL to a name that does not exist in any directory.",
         "Fix the principal name in the inventory: nobody by that name exists.",
     ),
+    "type_mismatch": (
+        "CAL type mismatches",
+        "A user CAL is assigned to a computer, or a device CAL to a user: it licenses nothing.",
+        "Release it and assign a CAL of the right type.",
+    ),
+    "unknown_group": (
+        "Unknown groups in requirements",
+        "A requirement names a group no directory has, so who needs the CAL cannot be judged.",
+        "Fix the group name (sAMAccountName or DN) in the configuration.",
+    ),
+    "missing_base_cal": (
+        "Missing base CALs",
+        "An additive CAL (Enterprise, RDS, RMS) or a server product (Exchange, SharePoint, SQL Server) "
+        "is used without the base CAL it builds on, such as the Windows Server CAL.",
+        "Assign the base CAL to the same user or device.",
+    ),
+    "rds_over_issued": (
+        "Over-issued RDS CALs",
+        "The RD licence servers issued more per-user RDS CALs than were bought.",
+        "Buy RDS user CALs of that version, or revoke issued ones.",
+    ),
+    "version_mismatch": (
+        "CALs of an older version",
+        "An assigned CAL is older than the server version it must cover.",
+        "Assign a CAL of the server's version or later.",
+    ),
+    "expired": (
+        "Expired licences",
+        "A subscription or time-bound purchase has expired and no longer counts as owned.",
+        "Renew it, or release its assignments.",
+    ),
+    "expiring": (
+        "Licences expiring soon",
+        "A subscription or time-bound purchase expires within a warning threshold.",
+        "Renew it before it expires.",
+    ),
+    "premature_reassignment": (
+        "Seats moved too early",
+        "A seat moved to another principal within 90 days of its previous assignment, with no "
+        "departure, hardware failure or absence to justify it.",
+        "Record the lawful reason, or move the seat back.",
+    ),
+    "owner_departed": (
+        "Licences owned by departed accounts",
+        "A licence activated on a vendor portal belongs to an account that left.",
+        "Move the licence to a service or team account.",
+    ),
+    "missing_evidence": (
+        "Missing proof of purchase",
+        "A purchase has no invoice reference or evidence document, or its document is missing.",
+        "Add the invoice or evidence before an audit.",
+    ),
 }
 KIND_ORDER = {kind: index for index, kind in enumerate(KIND_INFO)}
 

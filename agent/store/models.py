@@ -6,7 +6,7 @@ migrations produce exactly these models.  Times are stored as naive UTC and retu
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -114,6 +115,9 @@ class Principal(Base):
     dns_host_name: Mapped[str | None] = mapped_column(Text)
     operating_system: Mapped[str | None] = mapped_column(Text)
     operating_system_version: Mapped[str | None] = mapped_column(Text)
+    # Per-user RDS CALs recorded on the user (msTS*, R27) as canonical JSON, written by sync.py:
+    # [{"version": "2012", "expires": "2026-01-18T11:55:55+00:00", "license_server": "..."}]
+    rds_licenses: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     state: Mapped[str] = mapped_column(String(16))
     state_since: Mapped[datetime] = mapped_column(UTCDateTime)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -169,3 +173,61 @@ class RunFinding(Base):
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     kind: Mapped[str] = mapped_column(String(64))
     severity: Mapped[str] = mapped_column(String(16))
+
+
+# ---------------------------------------------------------------------------------------------
+# The licence register, once imported (`cal-agent inventory import`): the database is then the
+# one source of truth for purchases and assignments, and every change leaves a RegisterEvent.
+
+
+class RegisterProduct(Base):
+    """A product added to the built-in catalog by the register (``products:``)."""
+
+    __tablename__ = "register_products"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)  # the ProductEntry fields
+
+
+class RegisterPurchase(Base):
+    """A purchase; ``data`` holds every inventory field (id, product, version, ... as in YAML)."""
+
+    __tablename__ = "register_purchases"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RegisterAssignment(Base):
+    """A seat of a purchase held by a principal from ``assigned_on`` until ``released_on``.
+    Released rows are kept: they are the history the 90-day reassignment rule (R06) needs."""
+
+    __tablename__ = "register_assignments"
+    __table_args__ = (Index("ix_register_assignments_active", "purchase_id", "released_on"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    purchase_id: Mapped[str] = mapped_column(ForeignKey("register_purchases.id"), index=True)
+    principal: Mapped[str] = mapped_column(Text)
+    principal_key: Mapped[str] = mapped_column(Text, index=True)  # lower-cased, without "$"
+    directory: Mapped[str | None] = mapped_column(String(64))
+    assigned_on: Mapped[date | None] = mapped_column(Date)
+    released_on: Mapped[date | None] = mapped_column(Date)
+    release_reason: Mapped[str | None] = mapped_column(String(32))  # departed | hardware_failure | ...
+    moved_to: Mapped[int | None] = mapped_column(Integer)  # the assignment this seat moved to
+    notes: Mapped[str | None] = mapped_column(Text)
+
+
+class RegisterEvent(Base):
+    """The audit trail: who changed the register, when, why.  Never updated or deleted."""
+
+    __tablename__ = "register_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(32))  # import | add_purchase | update_purchase | assign | release | transfer
+    purchase_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    principal_key: Mapped[str | None] = mapped_column(Text, index=True)
+    to_principal_key: Mapped[str | None] = mapped_column(Text, index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)

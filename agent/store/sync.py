@@ -7,6 +7,7 @@ principals that were not seen into ``missing``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,7 +17,7 @@ from sqlalchemy import delete, select
 
 from agent.compliance.lifecycle import principal_state
 from agent.directory import decode
-from agent.directory.records import DirectoryEntry, EntryKind
+from agent.directory.records import DirectoryEntry, EntryKind, RdsLicense
 from agent.errors import CalAgentError
 from agent.store.db import Store
 from agent.store.models import Membership, Principal, PrincipalEvent, PrincipalState, SyncRun
@@ -139,6 +140,11 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 events.append((row, "moved", row.dn, entry.dn))
             if row.name != entry.name:
                 events.append((row, "renamed", row.name, entry.name))
+            rds = rds_licenses_json(entry.rds_licenses)
+            if row.rds_licenses != rds:
+                # A change, not a lifecycle event: a licence server issued, renewed or dropped a
+                # per-user RDS CAL.  The state is decided as before.
+                events.append((row, "rds_licenses", row.rds_licenses, rds))
             _copy(entry, row)
             if row.state != state.value:
                 events.append((row, "state", row.state, state.value))
@@ -175,6 +181,30 @@ def _copy(entry: DirectoryEntry, row: Principal) -> None:
     key = entry.name.lower()
     if row.name_key != key:
         row.name_key = key
+    rds = rds_licenses_json(entry.rds_licenses)
+    if row.rds_licenses != rds:
+        row.rds_licenses = rds
+
+
+def rds_licenses_json(licenses: Iterable[RdsLicense]) -> str:
+    """The stored form of a user's per-user RDS CALs: canonical JSON (UTC ISO times, sorted keys),
+    so the same values always give the same text and an unchanged user is not rewritten."""
+    return json.dumps([
+        {"version": lic.version,
+         "expires": lic.expires.astimezone(timezone.utc).isoformat() if lic.expires else None,
+         "license_server": lic.license_server}
+        for lic in licenses
+    ], sort_keys=True, separators=(",", ":"))
+
+
+def rds_licenses_from_json(text: str | None) -> tuple[RdsLicense, ...]:
+    """The inverse of ``rds_licenses_json``."""
+    return tuple(
+        RdsLicense(version=item.get("version"),
+                   expires=datetime.fromisoformat(item["expires"]) if item.get("expires") else None,
+                   license_server=item.get("license_server"))
+        for item in json.loads(text or "[]")
+    )
 
 
 def _sync_memberships(session, directory: str, entries: list[DirectoryEntry], rows: dict[str, Principal]) -> None:
