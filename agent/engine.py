@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from sqlalchemy import func, select
 
-from agent.compliance.model import DirectoryView, Principal as RulePrincipal, Reconciliation
+from agent.compliance.model import DirectoryView, Principal as RulePrincipal, Reconciliation, RdsPerUserCal
 from agent.compliance.reconcile import reconcile
 from agent.config import ActiveDirectoryConfig, Config, LdifConfig
 from agent.directory import make_reader
@@ -29,7 +29,7 @@ from agent.inventory.register import load_inventory
 from agent.reports.json_report import build_report, iso
 from agent.store.db import Store
 from agent.store.models import Membership, Principal, Run, RunFinding, SyncRun
-from agent.store.sync import SyncOutcome, run_sync
+from agent.store.sync import SyncOutcome, rds_licenses_from_json, run_sync
 
 log = structlog.get_logger("agent.engine")
 
@@ -69,12 +69,15 @@ def load_view(store: Store, directories: list[str]) -> DirectoryView:
     with store.session() as session:
         rows = session.execute(select(Principal.id, Principal.directory, Principal.guid, Principal.kind,
                                       Principal.name, Principal.dn, Principal.state, Principal.display_name,
-                                      Principal.state_since).where(Principal.directory.in_(directories))).all()
+                                      Principal.state_since, Principal.rds_licenses)
+                               .where(Principal.directory.in_(directories))).all()
         keys = {row.id: (row.directory, row.guid) for row in rows}
         members = session.execute(select(Membership.group_id, Membership.member_id)).all()
     principals = tuple(
         RulePrincipal(directory=r.directory, guid=r.guid, kind=r.kind, name=r.name, dn=r.dn, state=r.state,
-                      display_name=r.display_name, state_since=r.state_since)
+                      display_name=r.display_name, state_since=r.state_since,
+                      rds_cals=tuple(RdsPerUserCal(c.version, c.expires, c.license_server)
+                                     for c in rds_licenses_from_json(r.rds_licenses)))
         for r in rows
     )
     memberships = tuple((keys[g], keys[m]) for g, m in members if g in keys and m in keys)

@@ -119,3 +119,70 @@ def test_contacts_and_ous_are_not_principals():
     raw = _raw(objectGUID=uuid.uuid4().bytes_le)
     raw["objectClass"] = [b"top", b"person", b"contact"]
     assert entry_from_ad("CN=c,DC=corp", raw) is None
+
+
+# Per-user RDS CAL attributes (R27).  Values as real licence servers wrote them (see
+# decode._RDS_CAL_VERSIONS for the sources).
+
+@pytest.mark.parametrize("value,expected", [
+    ("393216", "2008"),  # 0x00060000: the "2008 or 2008 R2" CAL
+    (b"393218", "2012"),  # 0x00060002
+    (" 393218 ", "2012"),
+    ("C50-6.00-S", "2008"),  # key pack ID, seen in msTSLicenseVersion3
+    ("c50-6.02-s", "2012"),
+    ("C50-10.01-S", "2019"),
+])
+def test_rds_cal_version_known_values(value, expected):
+    assert decode.rds_cal_version(value) == expected
+
+
+@pytest.mark.parametrize("value", [None, "", "7", "393217", "655360", "655361", "6.1", "2022", "C50-9.99-S",
+                                   "A02-6.00-S"])
+def test_rds_cal_version_unknown_values_are_none_not_guesses(value):
+    # "7" is what msTSLicenseVersion2 held in both real samples; A02 is a per-device key pack.
+    assert decode.rds_cal_version(value) is None
+
+
+def _rds_user(**attrs):
+    raw = _raw(objectGUID=uuid.uuid4().bytes_le, sAMAccountName="rdsuser", **attrs)
+    raw["objectClass"] = [b"top", b"person", b"organizationalPerson", b"user"]
+    return entry_from_ad("CN=rdsuser,DC=corp", raw)
+
+
+def test_entry_with_one_cal_as_a_licence_server_writes_it():
+    # The smart.local sample: the 2 and 3 attributes describe the same CAL, they are not more CALs.
+    entry = _rds_user(msTSExpireDate="20220118115555.0Z", msTSLicenseVersion="393218",
+                      msTSManagingLS="00252-20000-35572-AT477", msTSLicenseVersion2="7",
+                      msTSLicenseVersion3="C50-6.02-S")
+    (cal,) = entry.rds_licenses
+    assert cal.version == "2012" and cal.license_server == "00252-20000-35572-AT477"
+    assert cal.expires == datetime(2022, 1, 18, 11, 55, 55, tzinfo=timezone.utc)
+
+
+def test_entry_version_falls_back_to_the_key_pack_id():
+    entry = _rds_user(msTSExpireDate="20260301000000.0Z", msTSLicenseVersion="655361",
+                      msTSManagingLS="00000-00000-00000-AA000", msTSLicenseVersion3="C50-10.01-S")
+    assert [c.version for c in entry.rds_licenses] == ["2019"]
+    entry = _rds_user(msTSExpireDate="20260301000000.0Z", msTSLicenseVersion="655361")
+    assert [(c.version, c.license_server) for c in entry.rds_licenses] == [(None, None)]
+
+
+def test_entry_with_second_and_fourth_cal():
+    entry = _rds_user(msTSExpireDate="20260301000000.0Z", msTSLicenseVersion="393216", msTSManagingLS="LS-1",
+                      msTSExpireDate2="20260402000000.0Z", msTSLicenseVersion2="393218", msTSManagingLS2="LS-2",
+                      msTSExpireDate4="20260503000000.0Z", msTSLicenseVersion4="C50-6.02-S")
+    assert [(c.version, c.expires.month, c.license_server) for c in entry.rds_licenses] == [
+        ("2008", 3, "LS-1"), ("2012", 4, "LS-2"), ("2012", 5, None)]
+
+
+def test_entry_without_rds_attributes_and_computers_carry_none():
+    assert _rds_user().rds_licenses == ()
+    raw = _raw(objectGUID=uuid.uuid4().bytes_le, sAMAccountName="RDSH-01$", msTSExpireDate="20260301000000.0Z",
+               msTSLicenseVersion="393218")
+    raw["objectClass"] = [b"top", b"user", b"computer"]
+    assert entry_from_ad("CN=RDSH-01,DC=corp", raw).rds_licenses == ()
+
+
+def test_bad_rds_expiry_names_the_attribute():
+    with pytest.raises(ValueError, match="msTSExpireDate2"):
+        _rds_user(msTSExpireDate2="next month")

@@ -119,3 +119,43 @@ whenCreated: 20240117093000.0Z
     (entry,) = LdifReader(path).read()
     assert entry.sid == "S-1-5-21-10-20-30-1105" and entry.account_expires is None
     assert entry.pwd_last_set == entry.when_created
+
+
+def test_per_user_rds_cals_are_read_from_an_export(tmp_path):
+    path = write(tmp_path, f"""dn: CN=Rita Remote,OU=Staff,DC=corp,DC=example,DC=com
+objectClass: top
+objectClass: person
+objectClass: organizationalPerson
+objectClass: user
+objectGUID:: {b64(GUID.bytes_le)}
+sAMAccountName: rremote
+msTSExpireDate: 20260118115555.0Z
+msTSLicenseVersion: 393218
+msTSManagingLS: 00252-20000-35572-AT477
+msTSExpireDate2: 20260301080000.0Z
+msTSLicenseVersion2: 393216
+msTSManagingLS2: 00377-70517-40386-AT629
+
+dn: CN=Olga Once,OU=Staff,DC=corp,DC=example,DC=com
+objectClass: user
+objectGUID:: {b64(uuid.uuid4().bytes_le)}
+sAMAccountName: oonce
+msTSExpireDate: 20260118115555.0Z
+msTSLicenseVersion: 393218
+msTSManagingLS: 00252-20000-35572-AT477
+msTSLicenseVersion2: 7
+msTSLicenseVersion3: C50-6.02-S
+
+dn: CN=Nora Local,OU=Staff,DC=corp,DC=example,DC=com
+objectClass: user
+objectGUID:: {b64(uuid.uuid4().bytes_le)}
+sAMAccountName: nlocal
+""")
+    rita, olga, nora = LdifReader(path).read()
+    assert [(c.version, c.expires.isoformat(), c.license_server) for c in rita.rds_licenses] == [
+        ("2012", "2026-01-18T11:55:55+00:00", "00252-20000-35572-AT477"),
+        ("2008", "2026-03-01T08:00:00+00:00", "00377-70517-40386-AT629"),
+    ]
+    # As licence servers write it: the 2 and 3 values without msTSExpireDate2/3 are one CAL.
+    assert [c.version for c in olga.rds_licenses] == ["2012"]
+    assert nora.rds_licenses == ()

@@ -11,7 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select
 
 from agent.directory import decode
-from agent.directory.records import DirectoryEntry, EntryKind
+from agent.directory.records import DirectoryEntry, EntryKind, RdsLicense
+from agent.engine import load_view
 from agent.errors import DirectoryError
 from agent.store.db import Store
 from agent.store.models import Base, Membership, Principal, PrincipalEvent, SyncRun
@@ -172,3 +173,45 @@ def test_dn_comparison_ignores_case_so_no_false_moves(store):
     upper = [DirectoryEntry(**{**{f: getattr(e, f) for f in e.__slots__}, "dn": e.dn.upper()}) for e in entries]
     assert sync(store, upper).changes == 0
     assert decode.dn_key(upper[0].dn) == decode.dn_key(entries[0].dn)
+
+
+RDS_2012 = RdsLicense(version="2012", expires=NOW + timedelta(days=40), license_server="00252-20000-35572-AT477")
+RDS_UNKNOWN = RdsLicense(version=None, expires=NOW + timedelta(days=55), license_server=None)
+
+
+def test_rds_cals_survive_a_sync_and_an_identical_sync_changes_nothing(store):
+    entries = estate()
+    entries[0] = DirectoryEntry(**{**{f: getattr(entries[0], f) for f in entries[0].__slots__},
+                                   "rds_licenses": (RDS_2012, RDS_UNKNOWN)})
+    sync(store, entries)
+    counts = (_count(store, Principal), _count(store, PrincipalEvent))
+    assert sync(store, entries).changes == 0
+    assert (_count(store, Principal), _count(store, PrincipalEvent)) == counts
+    view = load_view(store, ["corp"])
+    cals = {p.name: p.rds_cals for p in view.principals}
+    assert [(c.version, c.expires, c.license_server) for c in cals["alice"]] == [
+        ("2012", NOW + timedelta(days=40), "00252-20000-35572-AT477"), (None, NOW + timedelta(days=55), None)]
+    assert cals["bob"] == () and cals["staff"] == ()
+
+
+def test_a_renewed_rds_cal_is_a_change_but_not_a_lifecycle_event(store):
+    entries = estate()
+    entries[0] = DirectoryEntry(**{**{f: getattr(entries[0], f) for f in entries[0].__slots__},
+                                   "rds_licenses": (RDS_2012,)})
+    sync(store, entries)
+    renewed = RdsLicense(version="2012", expires=NOW + timedelta(days=60), license_server=RDS_2012.license_server)
+    entries[0] = DirectoryEntry(**{**{f: getattr(entries[0], f) for f in entries[0].__slots__},
+                                   "rds_licenses": (renewed,)})
+    outcome = sync(store, entries)
+    assert outcome.events == {"rds_licenses": 1} and outcome.changes == 1
+    assert _states(store)["alice"] == "active"
+    with store.session() as session:
+        event = session.scalars(select(PrincipalEvent).order_by(PrincipalEvent.id.desc())).first()
+        assert event.event == "rds_licenses" and event.old != event.new
+        assert session.scalars(select(SyncRun).order_by(SyncRun.id.desc())).first().changes == 1
+    (cal,) = {p.name: p for p in load_view(store, ["corp"]).principals}["alice"].rds_cals
+    assert cal.expires == NOW + timedelta(days=60)
+    # and when the licence server's record goes, so does the CAL
+    entries[0] = DirectoryEntry(**{**{f: getattr(entries[0], f) for f in entries[0].__slots__}, "rds_licenses": ()})
+    assert sync(store, entries).events == {"rds_licenses": 1}
+    assert {p.name: p for p in load_view(store, ["corp"]).principals}["alice"].rds_cals == ()
