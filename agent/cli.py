@@ -201,6 +201,231 @@ def demo(output):
     click.echo(f"JSON report: {written['json'].resolve()}")
 
 
+# ------------------------------------------------------------------------------ the register
+
+
+def _actor(by: str | None) -> str:
+    """Who is changing the register, for the audit trail: --by, else the login behind sudo."""
+    import getpass
+    import os
+
+    if by:
+        return by
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"{user}@{os.uname().nodename}" if hasattr(os, "uname") else user
+
+
+def _ledger(config: Config, by: str | None, *, need_register: bool = True):
+    from agent import engine
+    from agent.inventory.ledger import Ledger
+
+    store = engine.open_store(config)
+    ledger = Ledger(store, actor=_actor(by))
+    if need_register and not ledger.initialised():
+        raise _not_initialised(config)
+    return store, ledger
+
+
+def _not_initialised(config: Config):
+    from agent.errors import RegisterError
+
+    return RegisterError(
+        f"the register is still the file {config.inventory}; run `cal-agent inventory import` once to make the "
+        "database the register (then assign/release/transfer record who, when and why)")
+
+
+_by_option = click.option("--by", help="Who makes the change, for the audit trail [default: your login].")
+_on_option = click.option("--on", "on", type=click.DateTime(["%Y-%m-%d"]), help="Date of the change [default: today].")
+
+
+def _day(on) -> "date":
+    from datetime import date
+
+    return on.date() if on else date.today()
+
+
+def _outcome(outcome) -> None:
+    click.echo(outcome.message)
+    for warning in outcome.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@cli.group()
+def inventory():
+    """Import the inventory file into the database register, or export the register."""
+
+
+@inventory.command("import")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--update", is_flag=True, help="Apply the file's values to purchases that differ (recorded).")
+@_by_option
+@_config_option
+def inventory_import(config_path, file, update, by):
+    """Load purchases and assignments from FILE (default: the configured inventory); idempotent."""
+    config = _load(config_path)
+    _store, ledger = _ledger(config, by, need_register=False)
+    result = ledger.import_file(file or config.inventory, update=update)
+    click.echo(f"imported {result.source}: {len(result.purchases_added)} purchases added, "
+               f"{len(result.purchases_updated)} updated, {result.assignments_added} assignments added, "
+               f"{result.transfers_added} transfers added, {result.unchanged} unchanged")
+    if result.only_in_database:
+        click.echo(f"kept {len(result.only_in_database)} assignments that are only in the database register:")
+        for line in result.only_in_database:
+            click.echo(f"  {line}")
+
+
+@inventory.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file.")
+@_config_option
+def inventory_export(config_path, output):
+    """Write the database register as an inventory file (re-importing it changes nothing)."""
+    import yaml
+
+    from agent import engine
+
+    config = _load(config_path)
+    _store, ledger = _ledger(config, None)
+    text = (f"# cal-agent register exported {datetime_now()}\n"
+            + yaml.safe_dump(ledger.export(), sort_keys=False, allow_unicode=True))
+    if output:
+        engine.write_private(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def datetime_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@cli.command()
+@click.argument("purchase")
+@click.argument("principal")
+@click.option("--reason", help="Why (recorded in the history).")
+@click.option("--directory", "-d", help="The principal's directory, when several have that name.")
+@click.option("--force", is_flag=True, help="Record it even if PRINCIPAL is not in the directory.")
+@_on_option
+@_by_option
+@_config_option
+def assign(config_path, purchase, principal, reason, directory, force, on, by):
+    """Assign a seat of PURCHASE to PRINCIPAL (sAMAccountName or computer name)."""
+    from agent import engine
+    from agent.errors import RegisterError
+
+    config = _load(config_path)
+    store, ledger = _ledger(config, by)
+    bought = {p.id: p for p in ledger.load().purchases}.get(purchase)
+    if bought is None:
+        raise RegisterError(f"no purchase with id {purchase!r} in the register")
+    kind = "user" if bought.cal_type == "user" else "computer"
+    state = engine.known_principal(store, principal, kind)
+    if state is None and not force:
+        raise RegisterError(f"no {kind} named {principal!r} in the directory data (last sync)",
+                             hint="check the name, run `cal-agent sync`, or use --force to record it anyway")
+    outcome = ledger.assign(purchase, principal, on=_day(on), reason=reason, directory=directory)
+    _outcome(outcome)
+    if state not in (None, "active"):
+        click.echo(f"warning: {principal} is {state}: this seat will be reported as stale", err=True)
+
+
+@cli.command()
+@click.argument("purchase")
+@click.argument("principal")
+@click.option("--reason", required=True, help="Why (recorded in the history).")
+@click.option("--why", type=click.Choice(["departed", "hardware_failure", "temporary_cover", "other"]),
+              default="other", show_default=True, help="The kind of reason (R06 exceptions).")
+@_on_option
+@_by_option
+@_config_option
+def release(config_path, purchase, principal, reason, why, on, by):
+    """Release PRINCIPAL's seat of PURCHASE."""
+    config = _load(config_path)
+    _store, ledger = _ledger(config, by)
+    _outcome(ledger.release(purchase, principal, on=_day(on), reason=reason, why=why))
+
+
+@cli.command()
+@click.argument("purchase")
+@click.argument("source", metavar="FROM")
+@click.argument("target", metavar="TO")
+@click.option("--reason", required=True, help="Why (recorded in the history).")
+@click.option("--why", type=click.Choice(["departed", "hardware_failure", "temporary_cover", "other"]),
+              default="other", show_default=True,
+              help="departed, hardware_failure and temporary_cover allow a move within 90 days (R06).")
+@_on_option
+@_by_option
+@_config_option
+def transfer(config_path, purchase, source, target, reason, why, on, by):
+    """Move a seat of PURCHASE from FROM to TO."""
+    config = _load(config_path)
+    _store, ledger = _ledger(config, by)
+    _outcome(ledger.transfer(purchase, source, target, on=_day(on), reason=reason, why=why,
+                             min_days=config.rules.reassignment_min_days))
+
+
+@cli.command()
+@click.argument("subject", required=False)
+@click.option("--format", "-f", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_config_option
+def history(config_path, subject, fmt):
+    """The register's audit trail, all of it or for one PRINCIPAL or PURCHASE."""
+    config = _load(config_path)
+    _store, ledger = _ledger(config, None, need_register=False)
+    events = ledger.history(subject)
+    if fmt == "json":
+        click.echo(json.dumps(events, default=str, indent=2))
+        return
+    if not events:
+        click.echo("no history" + (f" for {subject}" if subject else ""))
+        return
+    for e in events:
+        who = e["principal"] or ""
+        if e["to"]:
+            who += f" -> {e['to']}"
+        click.echo(f"{e['at']:%Y-%m-%d %H:%M}  {e['actor']:<24} {e['action']:<15} {e['purchase'] or '':<16} "
+                   f"{who:<28} {e['reason'] or ''}".rstrip())
+
+
+@cli.command()
+@click.option("--apply", "apply_", is_flag=True, help="Carry the changes out and record them in the history.")
+@_by_option
+@_config_option
+def plan(config_path, apply_, by):
+    """What the policies (reclaim, auto_assign) would change; nothing changes without --apply."""
+    from agent import engine
+    from agent.compliance.policy import plan as make_plan
+
+    config = _load(config_path)
+    store, ledger = _ledger(config, by or "cal-agent policy", need_register=apply_)
+    if not (config.policies.reclaim or config.policies.auto_assign):
+        click.echo("no policy is enabled (policies.reclaim, policies.auto_assign): nothing to plan")
+        return
+    from datetime import date
+
+    today = date.today()
+    result, inv = engine.current_reconciliation(config, store, today=today)
+    changes = make_plan(result, inv, config.policies, today=today)
+    if not changes:
+        click.echo("nothing to change")
+        return
+    for change in changes:
+        click.echo(("" if apply_ else "would ") + change.describe())
+    if not apply_:
+        click.echo(f"\n{len(changes)} changes planned; run `cal-agent plan --apply` to make them")
+        if not ledger.initialised():
+            click.echo("(--apply needs the database register: run `cal-agent inventory import` first)")
+        return
+    for change in changes:
+        if change.action == "release":
+            ledger.release(change.purchase, change.principal, on=today, reason=change.reason, why=change.why)
+        else:
+            ledger.assign(change.purchase, change.principal, on=today, reason=change.reason,
+                          directory=change.directory)
+    click.echo(f"\n{len(changes)} changes made and recorded; see `cal-agent history`")
+
+
 def _print_summary(report: dict) -> None:
     summary = report["summary"]
     status = "COMPLIANT" if report["compliant"] else "NOT COMPLIANT"
@@ -228,23 +453,28 @@ def _print_summary(report: dict) -> None:
                    f"{len(drift['resolved'])} resolved")
 
 
-def main() -> None:
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit code: the one place errors become exit codes."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=argv, prog_name="cal-agent", standalone_mode=False)
+        return 0
     except CalAgentError as exc:
         click.echo(f"cal-agent: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("cal-agent: interrupted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(EXIT_CONFIG if exc.exit_code == 2 else exc.exit_code)
+        return EXIT_CONFIG if exc.exit_code == 2 else exc.exit_code
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("cal-agent: interrupted", err=True)
-        sys.exit(130)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+
+
+def main() -> None:
+    sys.exit(run_cli())
 
 
 if __name__ == "__main__":  # pragma: no cover

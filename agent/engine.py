@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from agent.compliance.reconcile import reconcile
 from agent.config import ActiveDirectoryConfig, Config, LdifConfig
 from agent.directory import make_reader
 from agent.errors import CalAgentError, NoDataError, StoreError
-from agent.inventory.register import load_inventory
+from agent.inventory.ledger import Ledger
+from agent.inventory.register import Inventory, load_inventory
 from agent.reports.json_report import build_report, iso
 from agent.store.db import Store
 from agent.store.models import Membership, Principal, Run, RunFinding, SyncRun
@@ -119,9 +120,23 @@ class RunResult:
     report: dict[str, Any]
 
 
+def load_register(config: Config, store: Store) -> tuple[Inventory, dict[str, Any]]:
+    """The inventory from its one source of truth (agent/inventory/ledger.py explains which)."""
+    ledger = Ledger(store, actor="cal-agent")
+    if not ledger.initialised():
+        return load_inventory(config.inventory), {"source": "file", "path": str(config.inventory),
+                                                   "file_differs": False}
+    differs = config.inventory.exists() and ledger.file_differs(config.inventory)
+    if differs:
+        log.warning("inventory.file_differs", path=str(config.inventory),
+                    why="the database register is the source of truth; import the file or export the register")
+    return (ledger.load(evidence_dir=config.inventory.parent),
+            {"source": "database", "path": str(config.inventory), "file_differs": differs})
+
+
 def reconcile_and_record(config: Config, store: Store, *, now: datetime | None = None) -> RunResult:
     now = now or datetime.now(timezone.utc)
-    inventory = load_inventory(config.inventory)
+    inventory, inventory_info = load_register(config, store)
     status = directory_status(config, store)
     never = [d["name"] for d in status if d["last_successful_sync"] is None]
     if never:
@@ -131,7 +146,8 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
             hint="run `cal-agent sync` (or `cal-agent test-connection`) first",
         )
     view = load_view(store, [d.name for d in config.directories])
-    result = reconcile(view, config.requirements, inventory, today=now.date())
+    result = reconcile(view, config.requirements, inventory, today=now.date(), exempt=config.exempt,
+                       rules=config.rules)
     with store.session() as session:
         previous_run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
         previous = previous_run.report if previous_run else None
@@ -139,7 +155,8 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
                   shortfall=result.shortfall, report={})
         session.add(run)
         session.flush()
-        report = build_report(result, run_id=run.id, previous=previous, directories=status, generated_at=now)
+        report = build_report(result, run_id=run.id, previous=previous, directories=status, generated_at=now,
+                              inventory=inventory_info)
         run.report = report
         run.errors, run.warnings = report["summary"]["errors"], report["summary"]["warnings"]
         for f in report["findings"]:
@@ -212,3 +229,22 @@ def write_report_files(config: Config, report: dict[str, Any]) -> dict[str, Path
         raise CalAgentError(f"cannot write reports to {directory}: {exc.strerror or exc}",
                             hint="check reports.directory exists and is writable by the agent") from None
     return written
+
+
+def current_reconciliation(config: Config, store: Store, *, today: date | None = None):
+    """Reconcile the store's current state without recording a run (for `plan`)."""
+    inventory, _info = load_register(config, store)
+    view = load_view(store, [d.name for d in config.directories])
+    result = reconcile(view, config.requirements, inventory, today=today or datetime.now(timezone.utc).date(),
+                       exempt=config.exempt, rules=config.rules)
+    return result, inventory
+
+
+def known_principal(store: Store, name: str, kind: str) -> str | None:
+    """The state of the principal called ``name`` (user or computer) in the store, or None."""
+    key = name.strip().lower().removesuffix("$")
+    with store.session() as session:
+        states = session.scalars(select(Principal.state).where(Principal.kind == kind, Principal.name_key == key)).all()
+    if not states:
+        return None
+    return "active" if "active" in states else states[0]

@@ -54,6 +54,13 @@ class InventoryError(ConfigError):
     what = "inventory"
 
 
+class RegisterError(CalAgentError):
+    """A register command cannot be carried out as asked (unknown purchase, seat not held...);
+    nothing was changed."""
+
+    exit_code = EXIT_CONFIG
+
+
 class DirectoryError(CalAgentError):
     """A directory read failed or was incomplete; the store was left unchanged."""
 

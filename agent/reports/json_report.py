@@ -46,7 +46,8 @@ def finding_to_dict(f: Finding) -> dict[str, Any]:
 
 
 def build_report(result: Reconciliation, *, run_id: int, previous: dict[str, Any] | None,
-                 directories: list[dict[str, Any]], generated_at: datetime) -> dict[str, Any]:
+                 directories: list[dict[str, Any]], generated_at: datetime,
+                 inventory: dict[str, Any] | None = None) -> dict[str, Any]:
     findings = [finding_to_dict(f) for f in result.findings]
     current_keys = {f["key"] for f in findings}
     if previous is None:
@@ -69,6 +70,7 @@ def build_report(result: Reconciliation, *, run_id: int, previous: dict[str, Any
             "by_kind": dict(sorted(by_kind.items())),
         },
         "directories": directories,
+        "inventory": inventory or {"source": "file", "path": None, "file_differs": False},
         "products": [
             {
                 "product": line.product,
