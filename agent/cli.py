@@ -201,6 +201,38 @@ def demo(output):
     click.echo(f"JSON report: {written['json'].resolve()}")
 
 
+@cli.command()
+@click.option("--usage", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="CSV of observed accesses with `user` and `computer` columns (e.g. from logon events).")
+@click.option("--product", "products", multiple=True, help="Catalog key [default: every required product].")
+@click.option("--price-user", type=click.FloatRange(min=0), help="Unit price of a user CAL [default: newest purchase].")
+@click.option("--price-device", type=click.FloatRange(min=0), help="Unit price of a device CAL.")
+@click.option("--format", "-f", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_config_option
+def advise(config_path, usage, products, price_user, price_device, fmt):
+    """The cheapest mix of user and device CALs for the observed accesses (R04)."""
+    from decimal import Decimal
+
+    from agent import engine
+
+    config = _load(config_path)
+    store = engine.open_store(config)
+    advice = engine.cost_advice(config, store, usage, products=list(products) or None,
+                                price_user=Decimal(str(price_user)) if price_user is not None else None,
+                                price_device=Decimal(str(price_device)) if price_device is not None else None)
+    if fmt == "json":
+        click.echo(json.dumps([{
+            "product": a.product, "users_to_license": list(a.users_to_license),
+            "devices_to_license": list(a.devices_to_license), "price_user": str(a.price_user),
+            "price_device": str(a.price_device), "cost": str(a.cost), "cost_all_user": str(a.cost_all_user),
+            "cost_all_device": str(a.cost_all_device), "saving": str(a.saving_vs_best_single_type),
+            "user_cals_to_buy": a.user_cals_to_buy, "device_cals_to_buy": a.device_cals_to_buy,
+            "message": a.message} for a in advice], indent=2))
+        return
+    for a in advice:
+        click.echo(a.message)
+
+
 # ------------------------------------------------------------------------------ the register
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 import os
 import tempfile
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from agent.compliance.model import DirectoryView, Principal as RulePrincipal, Re
 from agent.compliance.reconcile import reconcile
 from agent.config import ActiveDirectoryConfig, Config, LdifConfig
 from agent.directory import make_reader
-from agent.errors import CalAgentError, NoDataError, StoreError
+from agent.errors import CalAgentError, InventoryError, NoDataError, StoreError
 from agent.inventory.ledger import Ledger
 from agent.inventory.register import Inventory, load_inventory
 from agent.reports.json_report import build_report, iso
@@ -248,3 +249,38 @@ def known_principal(store: Store, name: str, kind: str) -> str | None:
     if not states:
         return None
     return "active" if "active" in states else states[0]
+
+
+def cost_advice(config: Config, store: Store, usage: Path, *, products: list[str] | None = None,
+                price_user: Decimal | None = None, price_device: Decimal | None = None) -> list[Any]:
+    """R04: the cheapest mix of user and device CALs for the observed accesses, per product, priced
+    with the unit prices of the newest purchases of each type (or the prices given)."""
+    from agent.compliance.cost import cheapest_mix, load_usage_csv
+
+    inventory, _info = load_register(config, store)
+    pairs = load_usage_csv(usage)
+    wanted = products or sorted({r.product for r in config.requirements})
+    advice = []
+    for product in wanted:
+        prices: dict[str, Decimal | None] = {"user": price_user, "device": price_device}
+        held: dict[str, int] = {"user": 0, "device": 0}
+        for cal_type in ("user", "device"):
+            own = [p for p in inventory.purchases if p.product == product and p.cal_type == cal_type
+                   and p.valid_on(datetime.now(timezone.utc).date())]
+            held[cal_type] = sum(p.quantity for p in own)
+            if prices[cal_type] is None:
+                priced = sorted((p for p in own if p.unit_price is not None),
+                                key=lambda p: (p.purchased_on or date.min, p.id))
+                if not priced:
+                    priced = sorted((p for p in inventory.purchases if p.product == product
+                                     and p.cal_type == cal_type and p.unit_price is not None),
+                                    key=lambda p: (p.purchased_on or date.min, p.id))
+                prices[cal_type] = priced[-1].unit_price if priced else None
+        missing = [t for t, v in prices.items() if v is None]
+        if missing:
+            raise InventoryError(
+                f"no unit_price for {' and '.join(missing)} CALs of {product}: add unit_price to a purchase of "
+                f"that type, or give --price-{missing[0]}")
+        advice.append(cheapest_mix(pairs, prices["user"], prices["device"], product=inventory.catalog.name(product),
+                                   currently_user=held["user"], currently_device=held["device"]))
+    return advice

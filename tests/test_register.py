@@ -214,3 +214,22 @@ def test_plan_is_a_dry_run_and_apply_reclaims_leavers_and_assigns_with_history(s
     assert ("release", "lee", "cal-agent policy") in policy
     assert {p for a, p, _ in policy if a == "assign"} == {"cat", "dan", "eve"}
     assert site.run("plan").stdout.strip() == "nothing to change"
+
+
+def test_R04_advice_prices_the_cheapest_mix_from_purchase_unit_prices(site):
+    site.inventory["purchases"][0]["unit_price"] = 45
+    site.inventory["purchases"].append({"id": "PO-D", "product": "windows-server", "version": "2022",
+                                        "cal_type": "device", "quantity": 1, "invoice": "INV-3", "unit_price": 35})
+    site.write_inventory()
+    usage = site.folder / "usage.csv"
+    # PC1 is a shared counter PC (one device CAL beats three user CALs); dan roams over three PCs.
+    usage.write_text("user,computer\nACME\\ann,PC1$\nbob,PC1\ncat,pc1\ndan,PC2\ndan,PC3\ndan,PC4\n")
+    (advice,) = json.loads(site.run("advise", "--usage", str(usage), "--format", "json").stdout)
+    assert (advice["users_to_license"], advice["devices_to_license"]) == (["dan"], ["pc1"])
+    assert (advice["cost"], advice["cost_all_user"], advice["cost_all_device"], advice["saving"]) == (
+        "80", "180", "140", "60")
+    assert advice["device_cals_to_buy"] == 0  # PO-D's one device CAL is enough
+    text = site.run("advise", "--usage", str(usage)).stdout
+    assert "saves 60" in text
+    no_price = site.run("advise", "--usage", str(usage), "--price-user", "45", "--product", "rds", expect=2)
+    assert "no unit_price for device CALs of rds" in no_price.stderr
