@@ -412,3 +412,10 @@ def test_property_adding_a_valid_purchase_never_adds_a_finding_of_shortfall_or_u
                      inv([purchase(quantity=quantity), purchase("PO-2", quantity=extra)]), today=TODAY)
     assert sum(p.shortfall for p in more.products) <= sum(p.shortfall for p in base.products)
     assert {f.key for f in more.findings if f.kind == "shortfall"} <= {f.key for f in base.findings if f.kind == "shortfall"}
+
+
+def test_R25_R08_a_2008_generation_cal_counts_against_a_2008_R2_purchase():
+    soon = datetime(2026, 12, 20, tzinfo=timezone.utc)
+    result = reconcile(rds_estate([("2008", soon)] * 2), [],
+                       inv([purchase("RDS", product="rds", version="2008 R2", quantity=2)]), today=TODAY)
+    assert found(result, "rds_over_issued") == []

@@ -442,16 +442,18 @@ def _rds_over_issued(view: DirectoryView, inventory: Inventory, today: date) -> 
     """R25/R27: per-user RDS CALs are not enforced; the licence server records each one it issues on
     the user (msTSExpireDate, msTSLicenseVersion).  More unexpired ones of a version than purchased
     RDS user CALs of that version is over-issue."""
+    # Licence servers write the CAL generation ("2008" for the 2008/2008 R2 CAL), purchases may say
+    # "2008 R2": compare the release numbers and ignore the R2 mark.
     issued: dict[str, set[PrincipalKey]] = defaultdict(set)
     for principal in view.principals:
         for cal in principal.rds_cals:
             if cal.version and (cal.expires is None or cal.expires.date() >= today):
-                issued[normalise_version(cal.version)].add(principal.key)
+                issued[normalise_version(cal.version).removesuffix(" R2")].add(principal.key)
     out = []
     for version, holders in sorted(issued.items()):
         owned = sum(p.quantity for p in inventory.purchases
                     if p.product == "rds" and p.cal_type == "user" and p.valid_on(today)
-                    and normalise_version(p.version) == version)
+                    and parse_version(p.version)[0] == parse_version(version)[0])
         if len(holders) > owned:
             out.append(Finding(
                 kind=m.RDS_OVER_ISSUED, product="rds", version=version, cal_type="user",
