@@ -133,18 +133,35 @@ def reconcile(config_path, check):
 
 
 @cli.command()
-@click.option("--format", "-f", "fmt", type=click.Choice(["json", "html", "csv"]), default="json", show_default=True)
+@click.option("--format", "-f", "fmt", type=click.Choice(["json", "html", "csv", "text"]), default="json",
+              show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file (mode 0600) instead of stdout.")
 @click.option("--run", "run_id", type=int, help="A past run instead of the latest.")
+@click.option("--diff", "diff", type=int, nargs=2, metavar="A B",
+              help="What changed between runs A and B: findings new in B and resolved since A.")
 @_config_option
-def report(config_path, fmt, output, run_id):
+def report(config_path, fmt, output, run_id, diff):
     """Print or write the report of the latest (or a given) run."""
     from agent import engine
 
     config = _load(config_path)
     store = engine.open_store(config)
-    text = engine.render(engine.stored_report(store, run_id), fmt)
+    if diff:
+        changes = engine.diff_runs(store, *diff)
+        if fmt == "json":
+            text = json.dumps(changes, indent=2, ensure_ascii=False) + "\n"
+        elif fmt == "text":
+            lines = [f"run {diff[0]} -> run {diff[1]}: {len(changes['new'])} new, {len(changes['resolved'])} resolved"]
+            lines += [f"  + {f['kind']}: {f['message']}" for f in changes["new"]]
+            lines += [f"  - {f['kind']}: {f['message']}" for f in changes["resolved"]]
+            text = "\n".join(lines) + "\n"
+        else:
+            raise ConfigError(f"--diff prints text or json, not {fmt}")
+    else:
+        if fmt == "text":
+            raise ConfigError("--format text is for --diff; the report itself is json, html or csv")
+        text = engine.render(engine.stored_report(store, run_id), fmt)
     if output:
         try:
             engine.write_private(output, text)
@@ -170,6 +187,7 @@ def run(config_path, once, check):
     _outcomes, failures = engine.sync_directories(config, store)
     result = engine.reconcile_and_record(config, store)
     written = engine.write_report_files(config, result.report)
+    engine.prune_runs(config, store)
     _print_summary(result.report)
     click.echo(f"report: {written['html']}")
     if failures:
@@ -231,6 +249,28 @@ def advise(config_path, usage, products, price_user, price_device, fmt):
         return
     for a in advice:
         click.echo(a.message)
+
+
+@cli.command()
+@click.option("--format", "-f", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_config_option
+def runs(config_path, fmt):
+    """Past runs, oldest first: when, compliant, errors, warnings, shortfall."""
+    from agent import engine
+
+    config = _load(config_path)
+    rows = engine.list_runs(engine.open_store(config))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no runs yet")
+        return
+    click.echo(f"{'run':>6}  {'when (UTC)':<20} {'status':<14} {'errors':>6} {'warnings':>8} {'shortfall':>9}")
+    for r in rows:
+        status = "compliant" if r["compliant"] else "NOT COMPLIANT"
+        click.echo(f"{r['run']:>6}  {r['generated_at'][:19].replace('T', ' '):<20} {status:<14} {r['errors']:>6} "
+                   f"{r['warnings']:>8} {r['shortfall']:>9}")
 
 
 # ------------------------------------------------------------------------------ the register

@@ -219,6 +219,7 @@ class PoliciesConfig(Strict):
 
 class ReportsConfig(Strict):
     directory: ConfigPath = Path(DEFAULT_REPORTS_DIR)
+    keep_days: Annotated[int, Field(ge=1)] | None = 400  # None: keep every run
 
 
 class LogConfig(Strict):

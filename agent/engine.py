@@ -14,12 +14,12 @@ from decimal import Decimal
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from agent.compliance.model import DirectoryView, Principal as RulePrincipal, Reconciliation, RdsPerUserCal
 from agent.compliance.reconcile import reconcile
@@ -30,7 +30,7 @@ from agent.inventory.ledger import Ledger
 from agent.inventory.register import Inventory, load_inventory
 from agent.reports.json_report import build_report, iso
 from agent.store.db import Store
-from agent.store.models import Membership, Principal, Run, RunFinding, SyncRun
+from agent.store.models import Membership, Principal, PrincipalEvent, Run, RunFinding, SyncRun
 from agent.store.sync import SyncOutcome, rds_licenses_from_json, run_sync
 
 log = structlog.get_logger("agent.engine")
@@ -157,7 +157,8 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
         session.add(run)
         session.flush()
         report = build_report(result, run_id=run.id, previous=previous, directories=status, generated_at=now,
-                              inventory=inventory_info)
+                              inventory=inventory_info, trend=_trend(session, before=run.id),
+                              principal_changes=_principal_changes(session, previous_run, config))
         run.report = report
         run.errors, run.warnings = report["summary"]["errors"], report["summary"]["warnings"]
         for f in report["findings"]:
@@ -166,6 +167,42 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
     log.info("reconcile.finished", run=run_id, compliant=result.compliant, findings=len(result.findings),
              shortfall=result.shortfall, new=len(report["drift"]["new"]), resolved=len(report["drift"]["resolved"]))
     return RunResult(run_id=run_id, reconciliation=result, report=report)
+
+
+TREND_RUNS = 60  # runs shown in the report's trend chart
+
+
+def _trend(session, *, before: int) -> list[dict[str, Any]]:
+    runs = session.execute(select(Run.id, Run.created_at, Run.compliant, Run.shortfall, Run.findings, Run.errors,
+                                  Run.warnings).where(Run.id < before).order_by(Run.id.desc())
+                           .limit(TREND_RUNS - 1)).all()
+    return [{"run": r.id, "generated_at": iso(r.created_at), "compliant": r.compliant, "shortfall": r.shortfall,
+             "findings": r.findings, "errors": r.errors, "warnings": r.warnings} for r in reversed(runs)]
+
+
+def _principal_changes(session, previous_run: Run | None, config: Config) -> list[dict[str, Any]]:
+    """Joiners, leavers, moves and renames the directory syncs recorded since the previous run.
+    On the first run everyone would be a joiner: nothing is listed."""
+    if previous_run is None:
+        return []
+    rows = session.execute(
+        select(PrincipalEvent.at, PrincipalEvent.event, PrincipalEvent.old, PrincipalEvent.new, Principal.kind,
+               Principal.name, Principal.directory, Principal.display_name, Principal.dn)
+        .join(Principal, Principal.id == PrincipalEvent.principal_id)
+        .where(PrincipalEvent.at > previous_run.created_at, Principal.kind != "group",
+               Principal.directory.in_([d.name for d in config.directories]))
+        .order_by(PrincipalEvent.at, PrincipalEvent.id)).all()
+    out = []
+    for r in rows:
+        if r.event == "state":
+            event = {"active": "reactivated"}.get(r.new, r.new)  # disabled, expired, inactive, deleted, missing
+        else:
+            event = r.event  # joined, deleted, moved, renamed, rds_licenses
+        if event == "rds_licenses":
+            continue
+        out.append({"event": event, "kind": r.kind, "name": r.name, "directory": r.directory,
+                    "display_name": r.display_name, "dn": r.dn, "old": r.old, "new": r.new, "at": iso(r.at)})
+    return out
 
 
 def stored_report(store: Store, run_id: int | None = None) -> dict[str, Any]:
@@ -284,3 +321,46 @@ def cost_advice(config: Config, store: Store, usage: Path, *, products: list[str
         advice.append(cheapest_mix(pairs, prices["user"], prices["device"], product=inventory.catalog.name(product),
                                    currently_user=held["user"], currently_device=held["device"]))
     return advice
+
+
+def prune_runs(config: Config, store: Store, *, now: datetime | None = None) -> list[int]:
+    """reports.keep_days: delete runs older than that (never the two newest) and their files."""
+    if config.reports.keep_days is None:
+        return []
+    now = now or datetime.now(timezone.utc)
+    cutoff = now - timedelta(days=config.reports.keep_days)
+    with store.session() as session:
+        newest = [r for r, in session.execute(select(Run.id).order_by(Run.id.desc()).limit(2))]
+        old = [r for r, in session.execute(select(Run.id).where(Run.created_at < cutoff, Run.id.not_in(newest or [0])))]
+        if old:
+            session.execute(delete(RunFinding).where(RunFinding.run_id.in_(old)))
+            session.execute(delete(Run).where(Run.id.in_(old)))
+    for run_id in old:
+        for fmt in ("json", "html"):
+            try:
+                (config.reports.directory / f"run-{run_id:06d}.{fmt}").unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("reports.prune_failed", run=run_id, error=str(exc))
+    if old:
+        log.info("reports.pruned", runs=len(old), older_than=iso(cutoff))
+    return old
+
+
+def list_runs(store: Store) -> list[dict[str, Any]]:
+    with store.session() as session:
+        rows = session.execute(select(Run.id, Run.created_at, Run.compliant, Run.errors, Run.warnings, Run.shortfall,
+                                      Run.findings).order_by(Run.id)).all()
+    return [{"run": r.id, "generated_at": iso(r.created_at), "compliant": r.compliant, "errors": r.errors,
+             "warnings": r.warnings, "shortfall": r.shortfall, "findings": r.findings} for r in rows]
+
+
+def diff_runs(store: Store, older: int, newer: int) -> dict[str, Any]:
+    """Findings of run ``newer`` that were not in ``older`` (new), and the reverse (resolved)."""
+    a, b = stored_report(store, older), stored_report(store, newer)
+    keys_a = {f["key"] for f in a["findings"]}
+    keys_b = {f["key"] for f in b["findings"]}
+    return {"from": older, "to": newer,
+            "new": [f for f in b["findings"] if f["key"] not in keys_a],
+            "resolved": [f for f in a["findings"] if f["key"] not in keys_b]}

@@ -150,10 +150,20 @@ class ProductLine:
         return max(0, self.required - self.owned)
 
 
+@dataclass(frozen=True, slots=True)
+class PrincipalLicences:
+    """The per-user licence view: what a principal holds and what it needs."""
+
+    principal: PrincipalRef
+    holds: tuple[tuple[str, str, str, str], ...]  # (purchase, product, version, cal_type)
+    needs: tuple[tuple[str, str, str, bool], ...]  # (product, version, cal_type, licensed)
+
+
 @dataclass(frozen=True)
 class Reconciliation:
     products: tuple[ProductLine, ...]
     findings: tuple[Finding, ...]
+    licences: tuple[PrincipalLicences, ...] = ()
 
     @property
     def compliant(self) -> bool:

@@ -216,12 +216,14 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
     # Unlicensed principals.
     licensed: dict[tuple[str, str, str], int] = defaultdict(int)
     rows: dict[tuple[str, str, str], int] = defaultdict(int)
+    covered: set[tuple] = set()
     for need in needs:
         principal = index.by_key[need.principal]
         rows[(need.product, need.version, need.cal_type)] += 1
         purchases = held.get(need.principal, [])
         if any(_covers(p, need.product, need.version, need.cal_type, inventory, today) for p in purchases):
             licensed[(need.product, need.version, need.cal_type)] += 1
+            covered.add((need.principal, need.product, need.version, need.cal_type))
             continue
         too_old = [p for p in purchases if p.cal_type == need.cal_type and p.valid_on(today)
                    and inventory.catalog.grants(p.product, need.product)
@@ -245,6 +247,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
             details=(("requirements", need.requirements),),
         ))
 
+    licences = _licence_view(needs, held, covered, index)
     seats = {pid: len(holders) for pid, holders in seats_used.items()}
     products = _product_lines(rows, licensed, seats, inventory, today)
     for line in products:
@@ -272,7 +275,24 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
     findings += _premature_reassignments(inventory, index, rules)
     findings += _departed_owners(inventory, index)
     findings += _rds_over_issued(view, inventory, today)
-    return Reconciliation(products=products, findings=tuple(sorted(set(findings), key=_finding_order)))
+    return Reconciliation(products=products, findings=tuple(sorted(set(findings), key=_finding_order)),
+                          licences=licences)
+
+
+def _licence_view(needs: list[Need], held: dict[PrincipalKey, list[Purchase]], covered: set[tuple],
+                  index: _Index) -> tuple[m.PrincipalLicences, ...]:
+    """Per principal that holds a seat or needs one: what it holds and what it needs."""
+    needed: dict[PrincipalKey, list[Need]] = defaultdict(list)
+    for need in needs:
+        needed[need.principal].append(need)
+    out = []
+    for key in set(held) | set(needed):
+        principal = index.by_key[key]
+        holds = tuple(sorted({(p.id, p.product, p.version, p.cal_type) for p in held.get(key, ())}))
+        wants = tuple(sorted((n.product, n.version, n.cal_type, (key, n.product, n.version, n.cal_type) in covered)
+                             for n in needed.get(key, ())))
+        out.append(m.PrincipalLicences(PrincipalRef.of(principal), holds, wants))
+    return tuple(sorted(out, key=lambda l: (l.principal.kind, l.principal.name.lower(), l.principal.directory or "")))
 
 
 def _holds(purchases: Iterable[Purchase], product: str, cal_type: str, inventory: Inventory, today: date) -> bool:

@@ -9,11 +9,13 @@ plain layout and the decisions can be tested without parsing HTML.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 TEMPLATE_NAME = "report.html.j2"
 
@@ -315,7 +317,92 @@ def build_view(report: dict) -> dict[str, Any]:
             report.get("findings") or [], product_names, summary.get("shortfall")
         ),
         "schema_version": report.get("schema_version"),
+        "trend_chart": trend_chart(report.get("trend") or []),
+        "principal_changes": _principal_changes(drift.get("principals") or []),
+        "leavers": _leavers(report.get("findings") or [], product_names),
+        "licences": _licence_rows(report.get("licences") or [], product_names),
     }
+
+
+EVENT_LABELS = {
+    "joined": "Joined", "disabled": "Disabled", "expired": "Account expired", "inactive": "Became inactive",
+    "deleted": "Deleted", "missing": "Missing from the directory", "reactivated": "Active again",
+    "moved": "Moved", "renamed": "Renamed",
+}
+
+
+def trend_chart(trend: list[dict]) -> Markup | None:
+    """Shortfall and findings over past runs, as an inline SVG drawn by pygal (no script, no network:
+    the report must work offline and print).  Only numbers and run ids go in; no directory text."""
+    points = [t for t in trend if isinstance(t, dict) and isinstance(t.get("run"), int)]
+    if len(points) < 2:
+        return None
+    import pygal
+    from pygal.style import Style
+
+    style = Style(background="transparent", plot_background="transparent", font_family="system-ui, sans-serif",
+                  colors=("#b3261e", "#8a5a00", "#1f5fa8"), label_font_size=11, major_label_font_size=11,
+                  legend_font_size=12, title_font_size=13)
+    chart = pygal.Line(js=[], disable_xml_declaration=True, style=style, height=260, width=900,
+                       show_dots=len(points) <= 30, dots_size=2.5, legend_at_bottom=True, x_title="Run",
+                       print_values=False, include_x_axis=True, explicit_size=False, truncate_label=-1,
+                       show_minor_x_labels=False, x_labels_major_every=max(1, len(points) // 12))
+    chart.x_labels = [str(t["run"]) for t in points]
+    chart.add("Shortfall (CALs to buy)", [int(t.get("shortfall") or 0) for t in points])
+    chart.add("Errors", [int(t.get("errors") or 0) for t in points])
+    chart.add("Findings", [int(t.get("findings") or 0) for t in points])
+    svg = chart.render(is_unicode=True)
+    # pygal embeds a config <script> for its optional tooltips, which we never load: drop it so the
+    # report stays script-free.
+    svg = re.sub(r"<script\b[^>]*>.*?</script>", "", svg, flags=re.DOTALL)
+    return Markup(svg)
+
+
+def _principal_changes(changes: list[dict]) -> list[dict[str, Any]]:
+    rows = []
+    for c in changes:
+        event = c.get("event") or ""
+        detail = ""
+        if event in ("moved", "renamed"):
+            detail = f"{c.get('old') or ''} → {c.get('new') or ''}"
+        rows.append({"event": event, "label": EVENT_LABELS.get(event) or humanise(event), "kind": c.get("kind") or "",
+                     "name": c.get("name") or "", "display_name": c.get("display_name") or "",
+                     "directory": c.get("directory") or "", "detail": detail, "at": c.get("at")})
+    return rows
+
+
+def _leavers(findings: list[dict], product_names: dict[str, str]) -> list[dict[str, Any]]:
+    """Departed principals still holding seats, one row each, with what they hold."""
+    by_principal: dict[tuple, dict[str, Any]] = {}
+    for f in findings:
+        principal = f.get("principal") or {}
+        if f.get("kind") != "stale_assignment" or not principal:
+            continue
+        key = (principal.get("directory"), principal.get("name"))
+        row = by_principal.setdefault(key, {
+            "name": principal.get("name") or "", "display_name": principal.get("display_name") or "",
+            "directory": principal.get("directory") or "", "state": f.get("reason") or principal.get("state") or "",
+            "since": f.get("since"), "seats": []})
+        row["seats"].append(f"{f.get('purchase') or '?'} ({_cal_label(f, product_names)})")
+    return sorted(by_principal.values(), key=lambda r: (r["since"] or "", r["name"].lower()))
+
+
+def _licence_rows(licences: list[dict], product_names: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for entry in licences:
+        principal = entry.get("principal") or {}
+        needs = entry.get("needs") or []
+        holds = entry.get("holds") or []
+        missing = [n for n in needs if not n.get("licensed")]
+        rows.append({
+            "name": principal.get("name") or "", "kind": principal.get("kind") or "",
+            "display_name": principal.get("display_name") or "", "directory": principal.get("directory") or "",
+            "state": principal.get("state") or "",
+            "holds": [f"{h.get('purchase')}: {_cal_label(h, product_names)}" for h in holds],
+            "needs": [(_cal_label(n, product_names), bool(n.get("licensed"))) for n in needs],
+            "status": "unlicensed" if missing else ("surplus" if holds and not needs else "ok"),
+        })
+    return rows
 
 
 @lru_cache(maxsize=1)

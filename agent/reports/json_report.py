@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from agent.compliance.model import Finding, Reconciliation
+from agent.compliance.model import Finding, PrincipalRef, Reconciliation
 
 SCHEMA_VERSION = 1
 
@@ -17,18 +17,13 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _principal_dict(p: PrincipalRef) -> dict[str, Any]:
+    return {"kind": p.kind, "name": p.name, "directory": p.directory, "dn": p.dn, "display_name": p.display_name,
+            "state": p.state, "guid": p.guid}
+
+
 def finding_to_dict(f: Finding) -> dict[str, Any]:
-    principal = None
-    if f.principal is not None:
-        principal = {
-            "kind": f.principal.kind,
-            "name": f.principal.name,
-            "directory": f.principal.directory,
-            "dn": f.principal.dn,
-            "display_name": f.principal.display_name,
-            "state": f.principal.state,
-            "guid": f.principal.guid,
-        }
+    principal = _principal_dict(f.principal) if f.principal is not None else None
     return {
         "key": f.key,
         "kind": f.kind,
@@ -47,7 +42,8 @@ def finding_to_dict(f: Finding) -> dict[str, Any]:
 
 def build_report(result: Reconciliation, *, run_id: int, previous: dict[str, Any] | None,
                  directories: list[dict[str, Any]], generated_at: datetime,
-                 inventory: dict[str, Any] | None = None) -> dict[str, Any]:
+                 inventory: dict[str, Any] | None = None, trend: list[dict[str, Any]] | None = None,
+                 principal_changes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     findings = [finding_to_dict(f) for f in result.findings]
     current_keys = {f["key"] for f in findings}
     if previous is None:
@@ -87,5 +83,21 @@ def build_report(result: Reconciliation, *, run_id: int, previous: dict[str, Any
             for line in result.products
         ],
         "findings": findings,
-        "drift": {"new": new, "resolved": resolved},
+        "drift": {"new": new, "resolved": resolved, "principals": principal_changes or []},
+        "licences": [
+            {
+                "principal": _principal_dict(entry.principal),
+                "holds": [{"purchase": pid, "product": product, "version": version, "cal_type": cal_type}
+                          for pid, product, version, cal_type in entry.holds],
+                "needs": [{"product": product, "version": version, "cal_type": cal_type, "licensed": ok}
+                          for product, version, cal_type, ok in entry.needs],
+            }
+            for entry in result.licences
+        ],
+        "trend": (trend or []) + [{
+            "run": run_id, "generated_at": iso(generated_at), "compliant": result.compliant,
+            "shortfall": result.shortfall, "findings": len(findings),
+            "errors": sum(1 for f in findings if f["severity"] == "error"),
+            "warnings": sum(1 for f in findings if f["severity"] == "warning"),
+        }],
     }

@@ -1,0 +1,100 @@
+"""Report history: runs, report --diff, retention, and the report's drift of principals, leavers,
+per-user licences and trend (JSON and HTML)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+from sqlalchemy import update
+
+from agent.config import load_config
+from agent.engine import open_store, prune_runs
+from agent.store.models import Run
+from tests.test_register import Site, ldif_group, ldif_user
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    s.run("run", "--once")
+    return s
+
+
+def rewrite_ldif(site: Site, *, staff: list[str], disabled: list[str], extra: str = "") -> None:
+    users = [ldif_user(n) for n in staff] + [ldif_user(n, disabled=True, ou="Leavers") for n in disabled]
+    (site.folder / "acme.ldif").write_text("\n".join(users + [ldif_group("staff", staff), extra]) + "\n")
+
+
+def test_second_run_lists_joiners_leavers_and_moves_and_the_html_shows_them(site):
+    # dan leaves (disabled and moved to Leavers), fay joins, bob is moved to another OU.
+    staff = ["ann", "bob", "cat", "eve", "fay"]
+    rewrite_ldif(site, staff=staff, disabled=["lee", "dan"])
+    text = (site.folder / "acme.ldif").read_text().replace("CN=bob,OU=Staff", "CN=bob,OU=Sales")
+    (site.folder / "acme.ldif").write_text(text)
+    site.run("run", "--once")
+    report = json.loads(site.run("report").stdout)
+    changes = sorted((c["event"], c["name"]) for c in report["drift"]["principals"])
+    assert changes == [("disabled", "dan"), ("joined", "fay"), ("moved", "bob"), ("moved", "dan")]
+    page = site.run("report", "--format", "html").stdout
+    section = page[page.index('id="directory-changes"'):page.index('id="leavers"')]
+    assert "fay" in section and "Joined" in section and "OU=Sales" in section
+    leavers = page[page.index('id="leavers"'):page.index('id="findings"')]
+    assert "lee" in leavers and "PO-1" in leavers
+    licences = report["licences"]
+    lee = next(e for e in licences if e["principal"]["name"] == "lee")
+    assert lee["holds"] == [{"purchase": "PO-1", "product": "windows-server", "version": "2022", "cal_type": "user"}]
+    assert lee["needs"] == []
+    eve = next(e for e in licences if e["principal"]["name"] == "eve")
+    assert eve["needs"] == [{"product": "windows-server", "version": "2022", "cal_type": "user", "licensed": False}]
+
+
+def test_trend_chart_is_drawn_from_the_second_run_without_scripts(site):
+    first = site.run("report", "--format", "html").stdout
+    assert "The trend appears from the second run on" in first
+    site.run("run", "--once")
+    site.run("run", "--once")
+    report = json.loads(site.run("report").stdout)
+    assert [t["run"] for t in report["trend"]] == [1, 2, 3]
+    page = site.run("report", "--format", "html").stdout
+    trend = page[page.index('id="trend"'):page.index('id="drift"')]
+    assert "<svg" in trend and "Shortfall (CALs to buy)" in trend
+    assert "<script" not in page.lower()
+    assert not re.search(r"""(?:src|href)=["']https?:""", page)  # self-contained: nothing fetched
+
+
+def test_runs_lists_history_and_report_diff_names_new_and_resolved(site):
+    rewrite_ldif(site, staff=["bob", "cat", "dan", "eve"], disabled=["lee", "ann"])
+    site.run("run", "--once")
+    listing = site.run("runs").stdout.splitlines()
+    assert len(listing) == 3 and "NOT COMPLIANT" in listing[1]
+    diff = json.loads(site.run("report", "--diff", "1", "2", "--format", "json").stdout)
+    assert sorted((f["kind"], f["principal"]["name"]) for f in diff["new"]) == [("stale_assignment", "ann")]
+    assert [f["kind"] for f in diff["resolved"]] == []
+    text = site.run("report", "--diff", "1", "2", "--format", "text").stdout
+    assert text.startswith("run 1 -> run 2: 1 new, 0 resolved")
+    missing = site.run("report", "--diff", "1", "9", expect=5)
+    assert "no run 9" in missing.stderr
+
+
+def test_retention_deletes_old_runs_and_their_files_but_keeps_the_two_newest(site):
+    for _ in range(3):
+        site.run("run", "--once")
+    config = load_config(site.config)
+    store = open_store(config)
+    old = datetime.now(timezone.utc) - timedelta(days=500)
+    with store.session() as session:
+        session.execute(update(Run).values(created_at=old))  # every run is old now
+    reports = site.folder / "reports"
+    assert (reports / "run-000001.html").exists()
+    deleted = prune_runs(config, store)
+    assert deleted == [1, 2]
+    assert sorted(p.name for p in reports.glob("run-*.json")) == ["run-000003.json", "run-000004.json"]
+    assert [r["run"] for r in json.loads(site.run("runs", "--format", "json").stdout)] == [3, 4]
+    cfg = yaml.safe_load(site.config.read_text())
+    cfg["reports"]["keep_days"] = None
+    site.config.write_text(yaml.safe_dump(cfg))
+    assert prune_runs(load_config(site.config), store) == []
