@@ -108,3 +108,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
         return f"sqlite:///{tmp_path}/state.db"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless Chromium, for tests that look at the HTML report in a real browser."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        _unavailable("Chromium not installed (Debian package `chromium`; tests/run installs it)")
+    return path

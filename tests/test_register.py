@@ -21,11 +21,12 @@ BASE = "DC=acme,DC=example"
 AS_OF = "2026-11-01T00:00:00Z"
 
 
-def ldif_user(name: str, *, disabled: bool = False, ou: str = "Staff") -> str:
+def ldif_user(name: str, *, disabled: bool = False, ou: str = "Staff", display: str | None = None) -> str:
     guid = uuid.uuid5(uuid.NAMESPACE_DNS, name).bytes_le
+    shown = [f"displayName:: {base64.b64encode(display.encode()).decode()}"] if display else []
     return "\n".join([
         f"dn: CN={name},OU={ou},{BASE}", "objectClass: top", "objectClass: person", "objectClass: user",
-        f"sAMAccountName: {name}", f"userAccountControl: {514 if disabled else 512}",
+        *shown, f"sAMAccountName: {name}", f"userAccountControl: {514 if disabled else 512}",
         "whenCreated: 20260901000000.0Z", "pwdLastSet: 134050000000000000",
         f"objectGUID:: {base64.b64encode(guid).decode()}", ""])
 
