@@ -48,7 +48,7 @@ def cli(config_path, log_level, log_format):
 
     \b
     Exit codes: 0 ok, 1 not compliant (--check), 2 bad configuration or inventory,
-    3 directory read failed, 4 database error, 5 no data yet.
+    3 directory read failed, 4 database error, 5 no data yet, 6 alert not delivered.
     """
     configure_logging(log_level or "warning", log_format or "auto")
 
@@ -100,9 +100,12 @@ def sync(config_path, directory):
     """Read users, groups and computers into the store (one transaction per directory)."""
     from agent import engine
 
+    from agent.store.lock import store_lock
+
     config = _load(config_path)
     store = engine.open_store(config)
-    outcomes, failures = engine.sync_directories(config, store, only=directory)
+    with store_lock(store):
+        outcomes, failures = engine.sync_directories(config, store, only=directory)
     for o in outcomes:
         changes = ", ".join(f"{k} {v}" for k, v in sorted(o.events.items())) or "no changes"
         click.echo(f"{o.directory}: {o.users} users, {o.groups} groups, {o.computers} computers, "
@@ -124,9 +127,12 @@ def reconcile(config_path, check):
     """Compare who needs a CAL with purchases and assignments; record the run and its findings."""
     from agent import engine
 
+    from agent.store.lock import store_lock
+
     config = _load(config_path)
     store = engine.open_store(config)
-    result = engine.reconcile_and_record(config, store)
+    with store_lock(store):
+        result = engine.reconcile_and_record(config, store)
     _print_summary(result.report)
     if check and not result.reconciliation.compliant:
         sys.exit(EXIT_NOT_COMPLIANT)
@@ -177,22 +183,28 @@ def report(config_path, fmt, output, run_id, diff):
 @click.option("--check", is_flag=True, help="With --once: exit 1 when not compliant.")
 @_config_option
 def run(config_path, once, check):
-    """Run the agent: sync -> reconcile -> report."""
-    from agent import engine
+    """Run the agent: a cycle (sync -> reconcile -> report) now and then on `schedule:`.
 
-    if not once:
-        raise ConfigError("the scheduler is not available yet: use `cal-agent run --once` from cron or a systemd timer")
+    As a service (systemd Type=notify, or in a terminal): SIGTERM/SIGINT stop after the current
+    step, SIGHUP reloads the configuration.  With --once: one cycle, then exit.
+    """
+    from agent import engine
+    from agent.service.cycle import run_cycle
+
     config = _load(config_path)
+    if not once:
+        from agent.service.daemon import serve
+
+        if check:
+            raise ConfigError("--check needs --once")
+        sys.exit(serve(config_path, config))
     store = engine.open_store(config)
-    _outcomes, failures = engine.sync_directories(config, store)
-    result = engine.reconcile_and_record(config, store)
-    written = engine.write_report_files(config, result.report)
-    engine.prune_runs(config, store)
-    _print_summary(result.report)
-    click.echo(f"report: {written['html']}")
-    if failures:
-        _report_failures(failures)
-    if check and not result.reconciliation.compliant:
+    cycle = run_cycle(config, store)
+    _print_summary(cycle.report)
+    click.echo(f"report: {cycle.written['html']}")
+    if cycle.failures:
+        _report_failures(cycle.failures)
+    if check and not cycle.report["compliant"]:
         sys.exit(EXIT_NOT_COMPLIANT)
 
 
@@ -249,6 +261,52 @@ def advise(config_path, usage, products, price_user, price_device, fmt):
         return
     for a in advice:
         click.echo(a.message)
+
+
+@cli.command()
+@click.option("--format", "-f", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_config_option
+def status(config_path, fmt):
+    """The service's last cycle (result, duration), next run, and the store's counts."""
+    from agent import engine
+    from agent.service.daemon import read_status
+
+    config = _load(config_path)
+    store = engine.open_store(config)
+    service = read_status(config)
+    runs_ = engine.list_runs(store)
+    directories = engine.directory_status(config, store)
+    data = {"service": service, "last_run": runs_[-1] if runs_ else None, "runs": len(runs_),
+            "directories": directories}
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    if service is None:
+        click.echo("service: no status yet (the service has not completed a cycle with this configuration)")
+    elif "error" in service:
+        click.echo(f"service: {service['error']}")
+    else:
+        last = service.get("last_cycle") or {}
+        click.echo(f"service: pid {service.get('pid')}, {service.get('cycles')} cycles, updated {service.get('updated_at')}")
+        if last:
+            click.echo(f"  last cycle: {last.get('started_at')}, {last.get('duration_seconds')} s: {last.get('summary')}")
+        if service.get("last_error"):
+            click.echo(f"  last error: {service['last_error']}")
+        click.echo(f"  next run: {service.get('next_run') or 'not scheduled'}")
+    if runs_:
+        r = runs_[-1]
+        click.echo(f"last run: {r['run']} at {r['generated_at']}: {'compliant' if r['compliant'] else 'NOT COMPLIANT'}, "
+                   f"{r['errors']} errors, {r['warnings']} warnings, shortfall {r['shortfall']}")
+    else:
+        click.echo("last run: none")
+    for d in directories:
+        sync = d["last_sync"]
+        if sync is None:
+            click.echo(f"directory {d['name']}: never synced")
+        else:
+            click.echo(f"directory {d['name']}: last sync {sync['status']} at {sync['finished_at']}: {sync['users']} users, "
+                       f"{sync['groups']} groups, {sync['computers']} computers"
+                       + (f" — {sync['error']}" if sync.get("error") else ""))
 
 
 @cli.command()
@@ -496,6 +554,60 @@ def plan(config_path, apply_, by):
             ledger.assign(change.purchase, change.principal, on=today, reason=change.reason,
                           directory=change.directory)
     click.echo(f"\n{len(changes)} changes made and recorded; see `cal-agent history`")
+
+
+@cli.command()
+@click.option("--test", "test_", is_flag=True,
+              help="Send a test message to every configured channel now (not through the outbox).")
+@click.option("--flush", is_flag=True, help="Retry the messages waiting in the outbox now, oldest first.")
+@_config_option
+def alert(config_path, test_, flush):
+    """Email and webhook alerts: send a test, retry the outbox, or (no option) show what waits in it.
+
+    \b
+    Exit 6 when a message could not be delivered; queued messages stay in the outbox.
+    """
+    from agent import alerts, engine
+    from agent.errors import AlertError
+
+    config = _load(config_path)
+    if test_ and flush:
+        raise ConfigError("give --test or --flush, not both")
+    if test_:
+        results = alerts.send_test(config)
+        for r in results:
+            if r.ok:
+                click.echo(f"{r.channel}: {r.detail}")
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise AlertError("alert test failed:\n" + "\n".join(f"  {r.channel}: {r.detail}" for r in failed))
+        return
+    store = engine.open_store(config)
+    if flush:
+        delivery = alerts.retry(config, store)
+        for a in delivery.attempts:
+            click.echo(f"{'sent' if a.ok else 'FAILED'} #{a.id} {a.channel}: {a.subject}"
+                       + (f"\n  {a.error}" if a.error else ""))
+        for message_id, (channel, why) in sorted(delivery.waiting.items()):
+            click.echo(f"pending #{message_id} {channel}: not tried ({why})")
+        left = len(delivery.failed) + len(delivery.waiting)
+        click.echo(f"outbox: {len(delivery.sent)} sent, {left} still pending")
+        if left:
+            raise AlertError(f"{left} alert messages could not be delivered; they stay in the outbox",
+                             hint="fix the cause above; the next cycle or `cal-agent alert --flush` retries them")
+        return
+    waiting = alerts.outbox.status(store)
+    if not waiting:
+        click.echo("outbox: nothing waiting")
+    for row in waiting:
+        click.echo(f"#{row.id} {row.channel} {row.status}, queued {row.created_at:%Y-%m-%d %H:%M} UTC, "
+                   f"{row.attempts} attempts: {row.subject}" + (f"\n  last error: {row.last_error}" if row.last_error else ""))
+
+
+def _print_alerts(outcome) -> None:
+    line = outcome.line() if outcome is not None else None
+    if line:
+        click.echo(line)
 
 
 def _print_summary(report: dict) -> None:

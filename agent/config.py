@@ -222,9 +222,183 @@ class ReportsConfig(Strict):
     keep_days: Annotated[int, Field(ge=1)] | None = 400  # None: keep every run
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: str) -> int:
+    match = _DURATION_RE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration such as 30m, 1h or 1d, got {value!r}")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _check_duration(value: Any) -> Any:
+    if value is not None:
+        duration_seconds(value)
+    return value
+
+
+def _check_cron(value: Any) -> Any:
+    if value is not None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression (minute hour day month weekday): {exc}") from None
+    return value
+
+
+class ScheduleConfig(Strict):
+    """When `cal-agent run` (the service) runs a cycle: every `interval`, or at `cron` times."""
+
+    interval: Annotated[str | None, AfterValidator(_check_duration)] = "1h"
+    cron: Annotated[str | None, AfterValidator(_check_cron)] = None
+    jitter: Annotated[str | None, AfterValidator(_check_duration)] = "2m"  # spread agents' load on the DCs
+    misfire_grace: Annotated[str, AfterValidator(_check_duration)] = "10m"
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> "ScheduleConfig":
+        if self.cron is not None and "interval" in self.model_fields_set and self.interval is not None:
+            raise ValueError("give `interval` or `cron`, not both")
+        if self.cron is None and self.interval is None:
+            raise ValueError("give `interval` or `cron`")
+        return self
+
+
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a TTY, JSON otherwise
+
+
+# ---------------------------------------------------------------------------------------------
+# Alerts (docs/alerts.md): what is alert-worthy, and the email and webhook channels.
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "localhost.localdomain"}
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for the machine itself: plain text to it never crosses a network."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK or host.startswith("127."):
+        return True
+    return False
+
+
+def _mail_address(value: str) -> str:
+    from email.utils import parseaddr
+
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("an e-mail address may not contain control characters (line breaks)")
+    _name, addr = parseaddr(value)
+    if not addr or "@" not in addr or addr.startswith("@") or addr.endswith("@") or " " in addr:
+        raise ValueError(f"not an e-mail address: {value!r} (e.g. cal-agent@corp.example.com)")
+    return value.strip()
+
+
+MailAddress = Annotated[str, AfterValidator(_mail_address)]
+
+
+class AlertTriggersConfig(Strict):
+    """What makes a finding alert-worthy."""
+
+    shortfall: bool = True  # a shortfall finding
+    unlicensed: bool = True  # unlicensed_user / unlicensed_device findings
+    expiring: bool = True  # expiring (once per threshold) and expired findings
+    stale_after_days: Annotated[int, Field(ge=0, le=36500)] | None = 30  # stale_assignment older than this
+    min_free: dict[Annotated[str, Field(min_length=1)], Annotated[int, Field(ge=1)]] = {}  # product -> seats
+
+
+class EmailAlertConfig(SecretSource):
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # default: 587 starttls, 465 ssl, 25 none
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    allow_insecure: bool = False  # security: none to a host other than this machine
+    username: Annotated[str, Field(min_length=1)] | None = None
+    from_: Annotated[MailAddress, Field(alias="from")]
+    to: Annotated[list[MailAddress], Field(min_length=1)]
+    ca_file: ConfigPath | None = None  # CA of the SMTP server's certificate; default: system CAs
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        import ipaddress
+
+        value = value.strip()
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        if not re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?", value):
+            raise ValueError(f"not a host name or IP address: {value!r} (put the port in `port`)")
+        return value
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"starttls": 587, "ssl": 465, "none": 25}[self.security]
+
+    @model_validator(mode="after")
+    def _checks(self) -> "EmailAlertConfig":
+        sources = [s for s in ("password_env", "password_file", "password_credential") if getattr(self, s)]
+        if self.username and len(sources) != 1:
+            raise ValueError(
+                "with username, give exactly one of password_env, password_file, password_credential"
+                + (f" (got {', '.join(sources)})" if sources else ""))
+        if not self.username and sources:
+            raise ValueError(f"{sources[0]} is given but username is not: set username to log in")
+        if self.security == "none" and not self.allow_insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"security: none sends mail (and any password) in clear text to {self.host}: use starttls or ssl, "
+                "or set allow_insecure: true if that network path is trusted")
+        if self.security == "none" and self.ca_file is not None:
+            raise ValueError("ca_file is only used with security: starttls or ssl")
+        return self
+
+
+class WebhookAlertConfig(Strict):
+    """An incoming webhook (Slack, Teams).  Its URL embeds a token, so it is a secret."""
+
+    url_env: str | None = None
+    url_file: ConfigPath | None = None
+    url_credential: str | None = None
+    format: Literal["slack", "teams"] = "slack"
+    timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "WebhookAlertConfig":
+        sources = [s for s in ("url_env", "url_file", "url_credential") if getattr(self, s)]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of url_env, url_file, url_credential (the URL is a secret: never in this file)"
+                + (f" (got {', '.join(sources)})" if sources else ""))
+        return self
+
+
+class AlertsConfig(Strict):
+    on: Literal["change", "always", "never"] = "change"
+    digest: Literal["daily", "weekly"] | None = None
+    triggers: AlertTriggersConfig = AlertTriggersConfig()
+    keep_sent_days: Annotated[int, Field(ge=1, le=36500)] | None = 90  # sent messages; null: forever
+    email: EmailAlertConfig | None = None
+    webhook: WebhookAlertConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean true; it means the key "on" here.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = dict(data)
+            data["on"] = data.pop(True)
+        return data
+
+    @property
+    def channels(self) -> list[str]:
+        return [c for c in ("email", "webhook") if getattr(self, c) is not None]
 
 
 class Config(Strict):
@@ -236,7 +410,9 @@ class Config(Strict):
     rules: RulesConfig = RulesConfig()
     policies: PoliciesConfig = PoliciesConfig()
     reports: ReportsConfig = ReportsConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     log: LogConfig = LogConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     # Where the config came from, for messages; not a YAML key.
     source: str | None = Field(default=None, exclude=True)
@@ -276,7 +452,7 @@ def key_paths(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
     for name, field in (model or Config).model_fields.items():
         if field.exclude:
             continue
-        path = prefix + name
+        path = prefix + (field.alias or name)
         if path not in out:
             out.append(path)
         is_list = typing.get_origin(field.annotation) is list or any(
@@ -393,27 +569,65 @@ def check_config_files(config: Config) -> list[str]:
             resolve_password(d, where=where)
         except ConfigError as exc:
             problems.extend(exc.problems)
+    email, webhook = config.alerts.email, config.alerts.webhook
+    if email is not None:
+        if email.ca_file is not None and not email.ca_file.is_file():
+            problems.append(f"alerts.email.ca_file: file {email.ca_file} does not exist")
+        if email.username:
+            try:
+                resolve_password(email, where="alerts.email")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    if webhook is not None:
+        try:
+            resolve_webhook_url(webhook)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     return problems
 
 
-def resolve_password(d: ActiveDirectoryConfig, *, where: str = "directory") -> SecretStr:
+def resolve_password(d: SecretSource, *, where: str = "directory") -> SecretStr:
     """Read the bind password from its source.  The value is wrapped so it never prints."""
-    if d.password_env:
-        value = os.environ.get(d.password_env)
+    return resolve_secret(d, "password", where=where)
+
+
+def resolve_secret(d: Any, name: str, *, where: str) -> SecretStr:
+    """Read the secret ``name`` of ``d`` from ``{name}_env``, ``{name}_credential`` or ``{name}_file``."""
+    env, credential, file = (getattr(d, f"{name}_{s}") for s in ("env", "credential", "file"))
+    if env:
+        value = os.environ.get(env)
         if not value:
-            raise ConfigError(f"{where}.password_env: environment variable {d.password_env} is not set or empty")
+            raise ConfigError(f"{where}.{name}_env: environment variable {env} is not set or empty")
         return SecretStr(value)
-    if d.password_credential:
+    if credential:
         cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
         if not cred_dir:
             raise ConfigError(
-                f"{where}.password_credential: $CREDENTIALS_DIRECTORY is not set "
-                "(run under systemd with LoadCredential=, or use password_file)"
+                f"{where}.{name}_credential: $CREDENTIALS_DIRECTORY is not set "
+                f"(run under systemd with LoadCredential=, or use {name}_file)"
             )
-        return _read_secret_file(Path(cred_dir) / d.password_credential, f"{where}.password_credential",
-                                 check_mode=False)
-    assert d.password_file is not None
-    return _read_secret_file(d.password_file, f"{where}.password_file", check_mode=True)
+        return _read_secret_file(Path(cred_dir) / credential, f"{where}.{name}_credential", check_mode=False)
+    if file is None:
+        raise ConfigError(f"{where}: no {name}_env, {name}_file or {name}_credential given")
+    return _read_secret_file(file, f"{where}.{name}_file", check_mode=True)
+
+
+def resolve_webhook_url(w: WebhookAlertConfig, *, where: str = "alerts.webhook") -> SecretStr:
+    """The webhook URL from its secret source, checked (https://, or http:// to this machine only).
+    Messages never quote the URL: it embeds the token."""
+    url = resolve_secret(w, "url", where=where)
+    source = next(f"{where}.url_{s}" for s in ("env", "file", "credential") if getattr(w, f"url_{s}"))
+    try:
+        parts = urlsplit(url.get_secret_value().strip())
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError(f"{source}: the value is not a URL") from None
+    if parts.scheme == "https" and host:
+        return SecretStr(url.get_secret_value().strip())
+    if parts.scheme == "http" and is_loopback(host):
+        return SecretStr(url.get_secret_value().strip())
+    raise ConfigError(f"{source}: the webhook URL must start with https:// "
+                      "(http:// is accepted only to this machine)")
 
 
 def _read_secret_file(path: Path, where: str, *, check_mode: bool) -> SecretStr:
