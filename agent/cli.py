@@ -134,6 +134,9 @@ def reconcile(config_path, check):
     with store_lock(store):
         result = engine.reconcile_and_record(config, store)
     _print_summary(result.report)
+    from agent import alerts
+
+    _print_alerts(alerts.after_run(config, store, result.report))
     if check and not result.reconciliation.compliant:
         sys.exit(EXIT_NOT_COMPLIANT)
 
@@ -202,6 +205,7 @@ def run(config_path, once, check):
     cycle = run_cycle(config, store)
     _print_summary(cycle.report)
     click.echo(f"report: {cycle.written['html']}")
+    _print_alerts(cycle.alerts)
     if cycle.failures:
         _report_failures(cycle.failures)
     if check and not cycle.report["compliant"]:
@@ -329,6 +333,39 @@ def runs(config_path, fmt):
         status = "compliant" if r["compliant"] else "NOT COMPLIANT"
         click.echo(f"{r['run']:>6}  {r['generated_at'][:19].replace('T', ' '):<20} {status:<14} {r['errors']:>6} "
                    f"{r['warnings']:>8} {r['shortfall']:>9}")
+
+
+@cli.command("audit-pack")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write (new, empty, or an earlier pack to replace).")
+@click.option("--run", "run_id", type=int, help="A past run instead of the latest.")
+@_config_option
+def audit_pack(config_path, output, run_id):
+    """Everything an auditor asks for: xlsx workbook, CSV, JSON, evidence copies, checksums (R36)."""
+    from datetime import datetime, timezone
+
+    import yaml
+
+    from agent import engine
+    from agent.inventory.ledger import Ledger
+    from agent.reports.audit_pack import write_audit_pack
+
+    config = _load(config_path)
+    store = engine.open_store(config)
+    report = engine.stored_report(store, run_id)
+    ledger = Ledger(store, actor="cal-agent")
+    if ledger.initialised():
+        register, history = ledger.export(), ledger.history()
+    else:
+        engine.load_register(config, store)  # validates the file, with its errors' paths
+        register, history = yaml.safe_load(config.inventory.read_text(encoding="utf-8")) or {}, []
+    pack = write_audit_pack(output, report=report, register=register, history=history,
+                            evidence_dir=config.inventory.parent, made_at=datetime.now(timezone.utc))
+    click.echo(f"wrote {len(pack.files)} files to {pack.path}: audit-pack.xlsx, CSV and JSON of run "
+               f"{report['run']['id']}, {len(pack.evidence_copied)} evidence documents")
+    for missing in pack.evidence_missing:
+        click.echo(f"warning: evidence of {missing.purchase} not included ({missing.evidence}): {missing.reason}", err=True)
+    click.echo(f"MANIFEST.txt SHA-256: {pack.manifest_sha256} (keep it: it proves the pack unaltered)")
 
 
 # ------------------------------------------------------------------------------ the register

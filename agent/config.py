@@ -267,6 +267,18 @@ class ScheduleConfig(Strict):
         return self
 
 
+def _check_listen(value: Any) -> Any:
+    if value is not None:
+        host, sep, port = str(value).rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port such as 127.0.0.1:9464, got {value!r}")
+    return value
+
+
+class MetricsConfig(Strict):
+    listen: Annotated[str | None, AfterValidator(_check_listen)] = None  # e.g. 127.0.0.1:9464; None: off
+
+
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a TTY, JSON otherwise
@@ -411,6 +423,7 @@ class Config(Strict):
     policies: PoliciesConfig = PoliciesConfig()
     reports: ReportsConfig = ReportsConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     alerts: AlertsConfig = AlertsConfig()
 

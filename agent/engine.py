@@ -364,3 +364,11 @@ def diff_runs(store: Store, older: int, newer: int) -> dict[str, Any]:
     return {"from": older, "to": newer,
             "new": [f for f in b["findings"] if f["key"] not in keys_a],
             "resolved": [f for f in a["findings"] if f["key"] not in keys_b]}
+
+
+def principal_counts(store: Store) -> list[tuple[str, str, str, int]]:
+    """(directory, kind, state, count) for the metrics endpoint and `status`."""
+    with store.session() as session:
+        rows = session.execute(select(Principal.directory, Principal.kind, Principal.state, func.count())
+                               .group_by(Principal.directory, Principal.kind, Principal.state)).all()
+    return [(r[0], r[1], r[2], r[3]) for r in rows]

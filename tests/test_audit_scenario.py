@@ -111,3 +111,27 @@ def test_the_html_report_shows_each_finding_group_with_the_people_escaped(estate
         assert html.escape(heading) in page, heading
     assert "ESET Endpoint Security" in page and "R06" in page
     assert "15 days after dan got it" in page and "20 days after eve got it" in page
+
+
+def test_audit_pack_counts_match_the_json_report(estate):
+    import openpyxl
+
+    estate.run("reconcile")
+    report = json.loads(estate.run("report").stdout)
+    out = estate.run("audit-pack", "--output", str(estate.folder / "pack"))
+    assert "MANIFEST.txt SHA-256" in out.stdout
+    book = openpyxl.load_workbook(estate.folder / "pack" / "audit-pack.xlsx")
+    sheet = book["Products"]
+    rows = list(sheet.iter_rows(values_only=True))
+    header = list(rows[0])
+    got = {(r[header.index("product")], r[header.index("version")], r[header.index("cal_type")]):
+           tuple(r[header.index(c)] for c in ("required", "owned", "assigned", "licensed", "free", "shortfall"))
+           for r in rows[1:] if r[header.index("product")] not in (None, "total")}
+    want = {(p["product"], p["version"], p["cal_type"]):
+            tuple(p[c] for c in ("required", "owned", "assigned", "licensed", "free", "shortfall"))
+            for p in report["products"]}
+    assert got == want
+    findings = list(book["Findings"].iter_rows(values_only=True))
+    assert len(findings) - 1 == len(report["findings"])
+    history = list(book["History"].iter_rows(values_only=True))
+    assert any("transfer" in (cell or "") for row in history for cell in row if isinstance(cell, str))

@@ -168,3 +168,31 @@ def test_a_second_agent_on_the_same_store_is_refused_and_the_service_survives_it
     assert f"pid {os.getpid()}" in other.stderr
     assert "another cal-agent is working on" in failed["STATUS"]
     assert code == 0
+
+
+def test_prometheus_endpoint_exposes_the_last_cycle(northwind, tmp_path):
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = yaml.safe_load(northwind.read_text())
+    config["metrics"] = {"listen": f"127.0.0.1:{port}"}
+    northwind.write_text(yaml.safe_dump(config))
+    notify = NotifySocket(tmp_path)
+    proc = start(northwind, notify)
+    try:
+        notify.wait_for("STATUS", "run 1:")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        notify.close()
+    report = json.loads((tmp_path / "reports" / "latest.json").read_text())
+    line = next(p for p in report["products"] if p["shortfall"])
+    assert (f'cal_agent_shortfall{{cal_type="{line["cal_type"]}",product="{line["product"]}",'
+            f'version="{line["version"]}"}} {float(line["shortfall"])}') in text
+    assert 'cal_agent_principals{directory="northwind",kind="user",state="active"} 180.0' in text
+    stale = sum(1 for f in report["findings"] if f["kind"] == "stale_assignment")
+    assert f'cal_agent_findings{{kind="stale_assignment",severity="warning"}} {float(stale)}' in text
+    assert "cal_agent_last_cycle_success 1.0" in text and "cal_agent_compliant 0.0" in text

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from agent import engine
+from agent import alerts, engine
 from agent.config import Config
 from agent.store.db import Store
 from agent.store.lock import store_lock
@@ -32,6 +32,7 @@ class CycleResult:
     written: dict[str, Any] = field(default_factory=dict)
     failures: list = field(default_factory=list)
     synced: list = field(default_factory=list)
+    alerts: Any = None  # agent.alerts.Outcome: what alerting queued and sent in this cycle
 
     @property
     def duration(self) -> float:
@@ -53,6 +54,7 @@ def run_cycle(config: Config, store: Store, *, should_stop: Callable[[], bool] =
     result = CycleResult(started_at=datetime.now(timezone.utc))
     began = time.monotonic()
     with store_lock(store):
+        retried = alerts.retry(config, store)  # the outbox first: what earlier cycles could not send
         result.synced, result.failures = engine.sync_directories(config, store)
         if should_stop():
             result.stopped = True
@@ -61,6 +63,8 @@ def run_cycle(config: Config, store: Store, *, should_stop: Callable[[], bool] =
             result.report = run.report
             result.written = engine.write_report_files(config, run.report)
             engine.prune_runs(config, store)
+            result.alerts = alerts.after_run(config, store, run.report, report_file=result.written.get("html"),
+                                             retried=retried)
     result.finished_at = datetime.now(timezone.utc)
     log.info("cycle.finished", seconds=round(time.monotonic() - began, 3), stopped=result.stopped,
              summary=result.summary(), failed_directories=[f.directory for f in result.failures])

@@ -57,6 +57,11 @@ class Daemon:
         self.cycles = 0
         self.scheduler = BackgroundScheduler(timezone=timezone.utc)
         self.store = engine.open_store(config)
+        self.metrics = None
+        if config.metrics.listen:
+            from agent.service.metrics import Metrics
+
+            self.metrics = Metrics(config.metrics.listen)
 
     # ------------------------------------------------------------------ the job
 
@@ -76,7 +81,20 @@ class Daemon:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("cycle.crashed")
             self.cycles += 1
+            self._record_metrics()  # before STATUS=, so whoever reads the status sees the same cycle
             self._publish()
+
+    def _record_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        import time
+
+        try:
+            self.metrics.record(seconds=self.last.duration if self.last else 0.0, finished=time.time(),
+                                ok=self.last_error is None, report=self.last.report if self.last else None,
+                                principals=engine.principal_counts(self.store))
+        except CalAgentError as exc:
+            log.warning("metrics.update_failed", error=str(exc))
 
     def _next_run(self) -> datetime | None:
         if self.stop_requested.is_set():
@@ -164,6 +182,8 @@ class Daemon:
                 self.notifier.notify(WATCHDOG=1)
         self.notifier.notify(STOPPING=1, STATUS="stopping after the current step")
         self.scheduler.shutdown(wait=True)  # the running cycle ends at its next phase boundary
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
         log.info("service.stopped", cycles=self.cycles)
         return 0
