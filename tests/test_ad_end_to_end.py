@@ -191,7 +191,7 @@ def test_full_cycle_gives_the_findings_an_auditor_would_raise(corp):
     cal_agent(corp.config, "sync", check=True)
     cal_agent(corp.config, "reconcile")
     again = json.loads(cal_agent(corp.config, "report", "--format", "json", check=True).stdout)
-    assert again["drift"] == {"new": [], "resolved": []}
+    assert again["drift"] == {"new": [], "resolved": [], "principals": []}
     assert again["summary"] == report["summary"]
     assert (corp.tmp / "reports" / "latest.html").stat().st_mode & 0o077 == 0
 
