@@ -13,6 +13,7 @@ EXIT_CONFIG = 2  # bad configuration, inventory or command-line usage; nothing w
 EXIT_DIRECTORY = 3  # a directory could not be read completely; nothing was changed
 EXIT_STORE = 4  # the state database failed; nothing was changed
 EXIT_NO_DATA = 5  # asked for a report or reconcile before any successful sync/run
+EXIT_ALERT = 6  # `alert --test` / `alert --flush`: a message could not be delivered (queued ones stay queued)
 
 
 class CalAgentError(Exception):
@@ -73,3 +74,10 @@ class StoreError(CalAgentError):
 
 class NoDataError(CalAgentError):
     exit_code = EXIT_NO_DATA
+
+
+class AlertError(CalAgentError):
+    """An alert channel (SMTP server, webhook) refused or could not be reached.  The message names
+    the server's answer, never a password or the webhook URL."""
+
+    exit_code = EXIT_ALERT

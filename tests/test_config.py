@@ -26,7 +26,7 @@ def _model_fields(model: type[BaseModel], seen=None) -> set[str]:
     for name, field in model.model_fields.items():
         if field.exclude:
             continue
-        names.add(name)
+        names.add(field.alias or name)
         for arg in _flatten(field.annotation):
             if isinstance(arg, type) and issubclass(arg, BaseModel) and arg not in seen:
                 seen.add(arg)

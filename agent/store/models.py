@@ -231,3 +231,42 @@ class RegisterEvent(Base):
     to_principal_key: Mapped[str | None] = mapped_column(Text, index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+# ---------------------------------------------------------------------------------------------
+# Alerts (agent/alerts): every message is stored here before it is sent, and stays until it is.
+
+
+class OutboxMessage(Base):
+    """One alert message for one channel.  ``body`` is exactly what is sent: the RFC 5322 message
+    (its Message-ID fixed at creation, so a retry is the same message) or the webhook's JSON."""
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (Index("ix_alert_outbox_status_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    run_id: Mapped[int | None] = mapped_column(Integer)  # no foreign key: run retention must not drop alerts
+    channel: Mapped[str] = mapped_column(String(16))  # email | webhook
+    kind: Mapped[str] = mapped_column(String(16))  # change | always | digest
+    subject: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    sender: Mapped[str | None] = mapped_column(Text)  # envelope sender (email)
+    recipients: Mapped[list[str] | None] = mapped_column(JSON)  # envelope recipients (email)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # pending | sending | sent
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class AlertState(Base):
+    """What alerting remembers between cycles (one row, ``name`` "alerts"): the last run whose
+    alerts were queued (changes are measured from it) and when the last digest was queued."""
+
+    __tablename__ = "alert_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_run_id: Mapped[int | None] = mapped_column(Integer)
+    last_digest_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
