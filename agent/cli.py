@@ -95,8 +95,10 @@ def test_connection(config_path, directory):
 
 @cli.command()
 @click.option("--directory", "-d", help="Only this directory (its `name`).")
+@click.option("--accept-departures", is_flag=True,
+              help="Apply a sync that the accidental-departure guard held (the departures are real).")
 @_config_option
-def sync(config_path, directory):
+def sync(config_path, directory, accept_departures):
     """Read users, groups and computers into the store (one transaction per directory)."""
     from agent import engine
 
@@ -105,7 +107,8 @@ def sync(config_path, directory):
     config = _load(config_path)
     store = engine.open_store(config)
     with store_lock(store):
-        outcomes, failures = engine.sync_directories(config, store, only=directory)
+        outcomes, failures = engine.sync_directories(config, store, only=directory,
+                                                     accept_departures=accept_departures)
     for o in outcomes:
         changes = ", ".join(f"{k} {v}" for k, v in sorted(o.events.items())) or "no changes"
         click.echo(f"{o.directory}: {o.users} users, {o.groups} groups, {o.computers} computers, "

@@ -119,6 +119,9 @@ class ActiveDirectoryConfig(SecretSource):
     bind_dn: Annotated[str, Field(min_length=1)]
     tls: TlsConfig = TlsConfig()
     inactive_after_days: Annotated[int, Field(ge=1, le=36500)] = 90
+    # Accidental-departure guard: a sync that would turn more active principals departed is held.
+    # None: 10 % of the active users and computers or 500, whichever is lower (at least 10).
+    max_departures: Annotated[int, Field(ge=0)] | None = None
     page_size: Annotated[int, Field(ge=1, le=1000)] = 1000  # AD's MaxPageSize is 1000
     range_size: Annotated[int, Field(ge=10, le=5000)] = 1000  # values per ranged `member` read
     timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0  # seconds, connect and each receive
@@ -158,6 +161,9 @@ class LdifConfig(Strict):
     base_dn: str | None = None  # only entries under it are read; default: everything in the file
     as_of: datetime | None = None  # when the export was taken: inactivity and expiry are judged then
     inactive_after_days: Annotated[int, Field(ge=1, le=36500)] = 90
+    # Accidental-departure guard: a sync that would turn more active principals departed is held.
+    # None: 10 % of the active users and computers or 500, whichever is lower (at least 10).
+    max_departures: Annotated[int, Field(ge=0)] | None = None
 
     @field_validator("as_of")
     @classmethod

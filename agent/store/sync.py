@@ -8,6 +8,7 @@ principals that were not seen into ``missing``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ from sqlalchemy import delete, select
 from agent.compliance.lifecycle import principal_state
 from agent.directory import decode
 from agent.directory.records import DirectoryEntry, EntryKind, RdsLicense
-from agent.errors import CalAgentError
+from agent.errors import CalAgentError, DirectoryError
 from agent.store.db import Store
 from agent.store.models import Membership, Principal, PrincipalEvent, PrincipalState, SyncRun
 
@@ -61,8 +62,27 @@ class SyncOutcome:
         return sum(self.events.values())
 
 
+_DEPARTED = {PrincipalState.DISABLED.value, PrincipalState.EXPIRED.value, PrincipalState.INACTIVE.value,
+             PrincipalState.DELETED.value, PrincipalState.MISSING.value}
+DEPARTURE_FLOOR = 10  # small directories: this many departures always pass
+
+
+def departure_limit(active: int, configured: int | None) -> int:
+    """How many active principals one sync may turn departed before it is held: the configured
+    `max_departures`, else 10 % of the active users and computers or 500, whichever is lower
+    (never below DEPARTURE_FLOOR, so a 20-person office can still lose two people)."""
+    if configured is not None:
+        return configured
+    return max(DEPARTURE_FLOOR, min(500, math.ceil(active * 0.10)))
+
+
+class DeparturesHeld(DirectoryError):
+    """A sync would mark too many principals departed: held, nothing changed (accidental-departure guard)."""
+
+
 def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
-             judge_at: datetime | None = None, now: datetime | None = None) -> SyncOutcome:
+             judge_at: datetime | None = None, now: datetime | None = None, max_departures: int | None = None,
+             accept_departures: bool = False) -> SyncOutcome:
     """Read ``reader`` completely and apply it.  Raises the reader's error after recording it."""
     now = now or datetime.now(timezone.utc)
     judge_at = judge_at or now
@@ -83,8 +103,14 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
         _finish(store, sync_id, status="failed", error=str(exc))
         log.error("sync.failed", directory=directory, error=str(exc))
         raise
-    outcome = apply_entries(store, directory, sync_id, entries.values(), inactive_after_days=inactive_after_days,
-                            judge_at=judge_at, now=now)
+    try:
+        outcome = apply_entries(store, directory, sync_id, entries.values(), inactive_after_days=inactive_after_days,
+                                judge_at=judge_at, now=now, max_departures=max_departures,
+                                accept_departures=accept_departures)
+    except DeparturesHeld as exc:
+        _finish(store, sync_id, status="held", error=str(exc))
+        log.error("sync.held", directory=directory, error=str(exc))
+        raise
     log.info("sync.finished", directory=directory, users=outcome.users, groups=outcome.groups,
              computers=outcome.computers, tombstones=outcome.tombstones, changes=outcome.changes,
              **{f"events_{k}": v for k, v in outcome.events.items()})
@@ -102,7 +128,8 @@ def _finish(store: Store, sync_id: int, *, status: str, error: str | None = None
 
 
 def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[DirectoryEntry], *,
-                  inactive_after_days: int, judge_at: datetime, now: datetime) -> SyncOutcome:
+                  inactive_after_days: int, judge_at: datetime, now: datetime, max_departures: int | None = None,
+                  accept_departures: bool = True) -> SyncOutcome:
     entries = list(entries)
     outcome = SyncOutcome(directory=directory, sync_id=sync_id, status="ok")
     events: list[tuple[Principal, str, str | None, str | None]] = []
@@ -157,6 +184,24 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
             # could read (tombstone lifetime passed, or the bind account cannot list them).
             events.append((row, "state", row.state, PrincipalState.MISSING.value))
             row.state, row.state_since = PrincipalState.MISSING.value, now
+        departures = [(row, new) for row, kind, old, new in events
+                      if kind == "state" and old == PrincipalState.ACTIVE.value and new in _DEPARTED
+                      and row.kind != EntryKind.GROUP.value]
+        departed_rows = {id(row) for row, _new in departures}
+        active_before = sum(1 for row in existing.values() if row.kind != EntryKind.GROUP.value and row.id is not None
+                            and (row.state == PrincipalState.ACTIVE.value or id(row) in departed_rows))
+        limit = departure_limit(active_before, max_departures)
+        if departures and len(departures) > limit and not accept_departures:
+            by_state: dict[str, int] = {}
+            for _row, new in departures:
+                by_state[new] = by_state.get(new, 0) + 1
+            detail = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()))
+            # Raising inside the session rolls everything back: the store keeps the previous state.
+            raise DeparturesHeld(
+                f"directory {directory}: this sync would mark {len(departures)} of {active_before} active principals "
+                f"departed ({detail}), more than the limit of {limit}; nothing was changed",
+                hint="if a DC, filter or base_dn problem caused this, fix it; if the departures are real, run "
+                "`cal-agent sync --accept-departures` once (or raise directories[].max_departures)")
         session.flush()
         _sync_memberships(session, directory, entries, existing)
         for row, kind, old, new in events:
