@@ -119,3 +119,43 @@ def chromium() -> str:
     if path is None:
         _unavailable("Chromium not installed (Debian package `chromium`; tests/run installs it)")
     return path
+
+
+@pytest.fixture(scope="session")
+def smtp_pki(tmp_path_factory) -> "Path":
+    """A throwaway test CA and a localhost certificate for the SMTP (and HTTPS webhook) servers."""
+    try:
+        from tests.servers.smtp import write_test_pki
+        import aiosmtpd  # noqa: F401
+    except ImportError as exc:
+        _unavailable(f"SMTP test server unavailable: {exc} (pip install -e '.[test]' installs aiosmtpd)")
+    folder = tmp_path_factory.mktemp("smtp-pki")
+    write_test_pki(folder)
+    return folder
+
+
+@pytest.fixture
+def smtp_server(smtp_pki, monkeypatch):
+    """A real SMTP server (aiosmtpd) on a free localhost port: STARTTLS with the test CA's
+    certificate, AUTH LOGIN/PLAIN for `server.user` / `server.password` (also exported as
+    $CAL_AGENT_TEST_SMTP_PASSWORD); `server.stop()` / `server.start()` take it down and back."""
+    from tests.servers.smtp import SmtpServer
+
+    server = SmtpServer(smtp_pki).start()
+    monkeypatch.setenv("CAL_AGENT_TEST_SMTP_PASSWORD", server.password)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def webhook_server():
+    """A real HTTP server (http.server in a thread) recording the webhook POSTs it receives."""
+    from tests.servers.smtp import WebhookServer
+
+    server = WebhookServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

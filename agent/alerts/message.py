@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import email.policy
 import json
+import secrets
 import socket
 import unicodedata
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, parseaddr
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -58,9 +59,9 @@ def when(value: Any) -> str:
 def who(finding: dict[str, Any]) -> str:
     """The principal (``name (display name)``) or the purchase a finding is about."""
     principal = finding.get("principal") or {}
-    name, display = clean(principal.get("name")), clean(principal.get("display_name"))
-    if name and display and display.strip() and display.strip().lower() != name.lower():
-        return f"{name} ({display.strip()})"
+    name, display = clean(principal.get("name")), " ".join(clean(principal.get("display_name")).split())
+    if name and display and display.lower() != name.lower():
+        return f"{name} ({display})"
     if name:
         return name
     if finding.get("purchase"):
@@ -203,14 +204,18 @@ def build_email(alert: Alert | None, *, sender: str, recipients: list[str], now:
     msg["Date"] = format_datetime(now)
     domain = parseaddr(sender)[1].rpartition("@")[2] or "cal-agent.invalid"
     run_id = (alert.report.get("run") or {}).get("id") if alert is not None else None
-    msg["Message-ID"] = make_msgid(idstring=f"cal-agent.run{run_id}" if run_id else "cal-agent", domain=domain)
+    # Unique and short enough never to be folded; fixed when the message is built, so every retry
+    # of it carries the same Message-ID.
+    msg["Message-ID"] = f"<cal-agent.{f'run{run_id}.' if run_id else ''}{secrets.token_hex(10)}@{domain}>"
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
     msg.set_content(text, cte="quoted-printable")
     msg.add_alternative(html, subtype="html", cte="quoted-printable")
     if attachment is not None:
         name, content = attachment
-        msg.add_attachment(content, subtype="html", filename=name, cte="base64")
+        # As bytes: the attachment is exactly the report file (a str part would be re-wrapped).
+        msg.add_attachment(content.encode("utf-8"), maintype="text", subtype="html", filename=name,
+                           params={"charset": "utf-8"})
     return msg
 
 

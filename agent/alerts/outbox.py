@@ -166,7 +166,7 @@ def deliver(store: Store, alerts: AlertsConfig, *, now: Callable[[], datetime] |
             continue
         with store.session() as session:
             session.execute(update(OutboxMessage).where(OutboxMessage.id == message_id)
-                            .values(status=SENT, sent_at=clock(), last_error=note))
+                            .values(status=SENT, sent_at=clock(), **({"last_error": note} if note else {})))
         result.attempts.append(Attempt(message_id, channel, row.subject, True, note))
         log.info("alert.delivery", outbox_id=message_id, channel=channel, kind=row.kind, run=row.run_id,
                  attempt=row.attempts, message_id=row.message_id, ok=True,
