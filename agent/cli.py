@@ -145,8 +145,9 @@ def reconcile(config_path, check):
 
 
 @cli.command()
-@click.option("--format", "-f", "fmt", type=click.Choice(["json", "html", "csv", "text"]), default="json",
-              show_default=True)
+@click.option("--format", "-f", "fmt", type=click.Choice(["json", "html", "csv", "products-csv", "xlsx", "text"]),
+              default="json", show_default=True,
+              help="csv: the findings; products-csv: per-product counts; xlsx: both (needs --output).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file (mode 0600) instead of stdout.")
 @click.option("--run", "run_id", type=int, help="A past run instead of the latest.")
@@ -170,9 +171,19 @@ def report(config_path, fmt, output, run_id, diff):
             text = "\n".join(lines) + "\n"
         else:
             raise ConfigError(f"--diff prints text or json, not {fmt}")
+    elif fmt == "xlsx":
+        from datetime import datetime, timezone
+
+        from agent.reports.audit_pack import write_report_xlsx
+
+        if not output:
+            raise ConfigError("--format xlsx writes a file: give --output FILE.xlsx")
+        write_report_xlsx(output, engine.stored_report(store, run_id), made_at=datetime.now(timezone.utc))
+        click.echo(f"wrote {output}", err=True)
+        return
     else:
         if fmt == "text":
-            raise ConfigError("--format text is for --diff; the report itself is json, html or csv")
+            raise ConfigError("--format text is for --diff; the report itself is json, html, csv or xlsx")
         text = engine.render(engine.stored_report(store, run_id), fmt)
     if output:
         try:

@@ -232,6 +232,10 @@ def render(report: dict[str, Any], fmt: str) -> str:
         from agent.reports.csv_export import render_findings_csv
 
         return render_findings_csv(report)
+    if fmt == "products-csv":
+        from agent.reports.csv_export import render_products_csv
+
+        return render_products_csv(report)
     raise ValueError(fmt)
 
 

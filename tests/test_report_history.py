@@ -98,3 +98,28 @@ def test_retention_deletes_old_runs_and_their_files_but_keeps_the_two_newest(sit
     cfg["reports"]["keep_days"] = None
     site.config.write_text(yaml.safe_dump(cfg))
     assert prune_runs(load_config(site.config), store) == []
+
+
+def test_exports_xlsx_and_products_csv_neutralise_formulas(tmp_path):
+    import csv
+    import io
+
+    import openpyxl
+
+    s = Site(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    staff = ["ann", "bob", "cat", "dan", "eve"]
+    users = [ldif_user(n) for n in staff if n != "dan"] + [ldif_user("dan", display='=HYPERLINK("http://x","y")')]
+    (tmp_path / "acme.ldif").write_text("\n".join(users + [ldif_group("staff", staff)]) + "\n")
+    s.run("run", "--once")
+    report = json.loads(s.run("report").stdout)
+    s.run("report", "--format", "xlsx", "--output", str(tmp_path / "r.xlsx"))
+    assert (tmp_path / "r.xlsx").stat().st_mode & 0o077 == 0
+    book = openpyxl.load_workbook(tmp_path / "r.xlsx")
+    assert book.sheetnames == ["Products", "Findings"]
+    cells = [c for row in book["Findings"].iter_rows() for c in row]
+    assert not any(c.data_type == "f" for c in cells)
+    assert "'=HYPERLINK(\"http://x\",\"y\")" in [c.value for c in cells]
+    products = list(csv.DictReader(io.StringIO(s.run("report", "--format", "products-csv").stdout)))
+    assert [(p["product"], int(p["required"]), int(p["shortfall"])) for p in products] == [
+        (p["product"], p["required"], p["shortfall"]) for p in report["products"]]
+    assert s.run("report", "--format", "xlsx", expect=2).stderr.count("--output") == 1

@@ -762,3 +762,17 @@ def write_audit_pack(output_dir: Path, *, report: dict, register: dict, history:
     return AuditPack(path=target, files=tuple(sorted([*files, MANIFEST_NAME])), evidence_copied=tuple(copied),
                      evidence_missing=tuple(missing), manifest_sha256=manifest_sha256)
 
+
+
+def write_report_xlsx(path: Path, report: dict, *, made_at: datetime) -> None:
+    """`report --format xlsx`: the Products (with totals) and Findings sheets of one run, with the
+    same formula neutralising and typed cells as the audit pack; written atomically, mode 0600."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        staged = work / path.name
+        _write_xlsx(staged, [_products_table(report), _findings_table(report)], made_at)
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
