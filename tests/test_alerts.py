@@ -353,6 +353,23 @@ def test_a_failing_webhook_keeps_the_message_and_the_next_cycle_delivers_it(tmp_
     assert len(webhook_server.posts) == 1 and len(smtp_server.received) == 1
 
 
+def test_an_https_webhook_is_verified_against_the_trusted_cas(tmp_path, smtp_pki, monkeypatch):
+    from tests.servers.smtp import WebhookServer
+
+    server = WebhookServer(tls=(smtp_pki / "cert.pem", smtp_pki / "key.pem")).start()
+    try:
+        monkeypatch.setenv(WEBHOOK_ENV, server.url())
+        site = AlertSite(tmp_path, f"sqlite:///{tmp_path}/state.db", {"webhook": {"url_env": WEBHOOK_ENV}})
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))  # trust nothing
+        failed = site.run("alert", "--test", expect=6)
+        assert "webhook TLS certificate not trusted" in failed.stderr and "s3cr3t" not in failed.stderr
+        monkeypatch.setenv("SSL_CERT_FILE", str(smtp_pki / "ca.pem"))  # the system trust store, here
+        assert "webhook: sent (slack format), HTTP 200" in site.run("alert", "--test").stdout
+        assert len(server.posts) == 1 and server.url().startswith("https://localhost:")
+    finally:
+        server.stop()
+
+
 def test_slack_text_cannot_mention_or_link_and_teams_text_is_not_markdown():
     report = rep(1, None, [finding("unlicensed_user", "x", display="<!channel> <https://evil.example|click> [a](b)")])
     alert = evaluate(report, None, AlertsConfig())

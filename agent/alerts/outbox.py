@@ -10,7 +10,7 @@ Delivery is **at least once**, never silently lost:
   at the next cycle or by ``cal-agent alert --flush``, oldest first, and the first failure on a
   channel leaves that channel's later messages for next time (order is kept);
 * the window: if cal-agent dies after the server accepted a message and before it was marked sent,
-  the message stays ``sending``; after ``LEASE`` it is retried, so it may arrive twice.  The email is
+  the message stays ``sending``; after ``lease()`` it is retried, so it may arrive twice.  The email is
   stored fully built, so a second copy carries the same Message-ID (mail clients and many servers
   drop duplicates by it); a webhook post has no such identity.  We chose a rare duplicate over a
   lost alert.
@@ -37,7 +37,8 @@ from agent.store.models import OutboxMessage
 log = structlog.get_logger("agent.alerts")
 
 PENDING, SENDING, SENT = "pending", "sending", "sent"
-LEASE = timedelta(minutes=15)  # a message `sending` for longer was interrupted (the process died)
+LEASE = timedelta(minutes=15)  # a message `sending` for longer was interrupted (the process died);
+# longer when a channel's timeout is so long that a live attempt could take that long (see lease())
 
 
 @dataclass
@@ -130,7 +131,7 @@ def deliver(store: Store, alerts: AlertsConfig, *, now: Callable[[], datetime] |
     clock = now or (lambda: datetime.now(timezone.utc))
     result = Delivery(failed_channels=dict(skip or {}))
     senders = Senders(alerts)
-    _recover_interrupted(store, clock())
+    _recover_interrupted(store, alerts, clock())
     with store.session() as session:
         queue = session.execute(select(OutboxMessage.id, OutboxMessage.channel)
                                 .where(OutboxMessage.status == PENDING).order_by(OutboxMessage.id)).all()
@@ -175,10 +176,16 @@ def deliver(store: Store, alerts: AlertsConfig, *, now: Callable[[], datetime] |
     return result
 
 
-def _recover_interrupted(store: Store, now: datetime) -> None:
+def lease(alerts: AlertsConfig) -> timedelta:
+    """How long a `sending` message may be in flight before it counts as interrupted."""
+    timeouts = [c.timeout for c in (alerts.email, alerts.webhook) if c is not None]
+    return max([LEASE] + [timedelta(seconds=8 * t) for t in timeouts])
+
+
+def _recover_interrupted(store: Store, alerts: AlertsConfig, now: datetime) -> None:
     with store.session() as session:
-        stuck = session.scalars(select(OutboxMessage).where(OutboxMessage.status == SENDING,
-                                                            OutboxMessage.last_attempt_at < now - LEASE)).all()
+        stuck = session.scalars(select(OutboxMessage).where(
+            OutboxMessage.status == SENDING, OutboxMessage.last_attempt_at < now - lease(alerts))).all()
         for row in stuck:
             row.status = PENDING
             row.last_error = ("the previous attempt was interrupted (cal-agent stopped while sending); "
