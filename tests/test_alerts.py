@@ -173,6 +173,9 @@ def test_with_the_smtp_server_down_the_alert_waits_in_the_outbox_and_arrives_exa
     assert "FAILED #1 email" in flush.stdout and "1 still pending" in flush.stdout
     assert "stay in the outbox" in flush.stderr
     assert site.outbox()[0].attempts == 2
+    again = site.run("run", "--once")  # nothing new; the retry at the start of the cycle fails once
+    assert "alerts: 1 email waiting in the outbox (cannot reach SMTP server" in again.stdout
+    assert site.outbox()[0].attempts == 3
 
     smtp_server.start()
     proc = site.run("run", "--once")  # the next cycle retries it first; nothing new to add
@@ -181,7 +184,7 @@ def test_with_the_smtp_server_down_the_alert_waits_in_the_outbox_and_arrives_exa
     msg = smtp_server.messages()[0]
     assert msg["Subject"] == "cal-agent: NOT COMPLIANT — 3 new findings" and msg["Message-ID"] == row.message_id
     (row,) = site.outbox()
-    assert (row.status, row.attempts) == ("sent", 3) and row.sent_at is not None
+    assert (row.status, row.attempts) == ("sent", 4) and row.sent_at is not None
     site.run("run", "--once")
     assert site.run("alert", "--flush").stdout.strip() == "outbox: 0 sent, 0 still pending"
     assert len(smtp_server.received) == 1  # exactly once

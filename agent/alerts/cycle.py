@@ -56,14 +56,16 @@ class Outcome:
             if not (queued or sent or waiting):
                 continue
             noun = NOUNS[channel][0 if max(queued, sent, waiting) == 1 else 1]
+            error = self.delivery.failed_channels.get(channel, "")
+            waits = f"{waiting} waiting in the outbox" + (f" ({error})" if error else "")
             if queued:
                 text = f"{queued} {noun} queued"
                 text += ", sent" if sent == queued and not waiting else f", {sent} sent" if sent else ""
+                text += f", {waits}" if waiting else ""
+            elif sent:
+                text = f"{sent} earlier {noun} sent" + (f", {waits}" if waiting else "")
             else:
-                text = f"{sent} earlier {noun} sent" if sent else f"{noun}"
-            if waiting:
-                error = self.delivery.failed_channels.get(channel, "")
-                text += f", {waiting} waiting in the outbox" + (f" ({error})" if error else "")
+                text = f"{waiting} {noun} waiting in the outbox" + (f" ({error})" if error else "")
             parts.append(text)
         return "alerts: " + ("; ".join(parts) if parts else "nothing to send")
 

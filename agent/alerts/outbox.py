@@ -67,9 +67,8 @@ class Delivery:
         return [a for a in self.attempts if not a.ok]
 
     def merge(self, other: "Delivery") -> "Delivery":
-        waiting = {**self.waiting, **other.waiting}
-        for a in other.attempts:
-            waiting.pop(a.id, None)
+        attempted = {a.id for a in self.attempts + other.attempts}
+        waiting = {k: v for k, v in {**self.waiting, **other.waiting}.items() if k not in attempted}
         return Delivery(self.attempts + other.attempts, waiting, {**self.failed_channels, **other.failed_channels})
 
 
