@@ -108,12 +108,25 @@ def sync(config_path, directory, accept_departures):
     store = engine.open_store(config)
     with store_lock(store):
         outcomes, failures = engine.sync_directories(config, store, only=directory,
-                                                     accept_departures=accept_departures)
+                                                     accept_departures=accept_departures, progress=_progress())
+    if sys.stderr.isatty():
+        click.echo("\r\033[K", nl=False, err=True)
     for o in outcomes:
         changes = ", ".join(f"{k} {v}" for k, v in sorted(o.events.items())) or "no changes"
         click.echo(f"{o.directory}: {o.users} users, {o.groups} groups, {o.computers} computers, "
                    f"{o.tombstones} deleted; {changes}")
     _report_failures(failures)
+
+
+def _progress():
+    """A one-line counter on an interactive terminal, so a long sync is visibly alive."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(directory: str, entries: int) -> None:
+        click.echo(f"\r\033[K{directory}: {entries:,} entries read", nl=False, err=True)
+
+    return show
 
 
 def _report_failures(failures) -> None:
@@ -380,6 +393,61 @@ def audit_pack(config_path, output, run_id):
     for missing in pack.evidence_missing:
         click.echo(f"warning: evidence of {missing.purchase} not included ({missing.evidence}): {missing.reason}", err=True)
     click.echo(f"MANIFEST.txt SHA-256: {pack.manifest_sha256} (keep it: it proves the pack unaltered)")
+
+
+# ------------------------------------------------------------------------------ the Windows service
+
+
+@cli.group()
+def service():
+    """The Windows service: install, remove, start, stop, debug (docs/windows.md).
+
+    On Linux the service is the systemd unit running `cal-agent run` (docs/install.md).
+    """
+
+
+@service.command("install")
+@click.option("--startup", type=click.Choice(["auto", "delayed", "manual"]), default="auto", show_default=True,
+              help="How Windows starts the service (delayed: auto, a little after boot).")
+@_config_option
+def service_install(config_path, startup):
+    """Install (or update) the Windows service `cal-agent` with this configuration file."""
+    from agent.service import windows
+
+    click.echo(windows.install(config_path, startup=startup))
+
+
+@service.command("remove")
+def service_remove():
+    """Stop and remove the Windows service (configuration, state and logs are kept)."""
+    from agent.service import windows
+
+    click.echo(windows.remove())
+
+
+@service.command("start")
+def service_start():
+    """Start the Windows service and wait until it runs."""
+    from agent.service import windows
+
+    click.echo(windows.start())
+
+
+@service.command("stop")
+def service_stop():
+    """Stop the Windows service (after the current step of a running cycle)."""
+    from agent.service import windows
+
+    click.echo(windows.stop())
+
+
+@service.command("debug")
+@_config_option
+def service_debug(config_path):
+    """Run the service in the foreground, logging to the console; Ctrl+C stops it."""
+    from agent.service import windows
+
+    windows.debug(config_path)
 
 
 # ------------------------------------------------------------------------------ the register

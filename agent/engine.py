@@ -46,8 +46,8 @@ def open_store(config: Config) -> Store:
     return Store(config.database.url)
 
 
-def sync_directories(config: Config, store: Store, only: str | None = None, *,
-                     accept_departures: bool = False) -> tuple[list[SyncOutcome], list[SyncFailure]]:
+def sync_directories(config: Config, store: Store, only: str | None = None, *, accept_departures: bool = False,
+                     progress: Any = None) -> tuple[list[SyncOutcome], list[SyncFailure]]:
     """Sync every configured directory (or one).  A failure of one does not stop the others."""
     outcomes, failures = [], []
     targets = [d for d in config.directories if only is None or d.name == only]
@@ -61,7 +61,8 @@ def sync_directories(config: Config, store: Store, only: str | None = None, *,
             reader = make_reader(directory)
             outcomes.append(run_sync(store, directory.name, reader, inactive_after_days=directory.inactive_after_days,
                                      judge_at=judge_at, max_departures=directory.max_departures,
-                                     accept_departures=accept_departures))
+                                     accept_departures=accept_departures,
+                                     progress=(lambda n, name=directory.name: progress(name, n)) if progress else None))
         except StoreError:
             raise
         except CalAgentError as exc:

@@ -215,3 +215,10 @@ def test_a_renewed_rds_cal_is_a_change_but_not_a_lifecycle_event(store):
     entries[0] = DirectoryEntry(**{**{f: getattr(entries[0], f) for f in entries[0].__slots__}, "rds_licenses": ()})
     assert sync(store, entries).events == {"rds_licenses": 1}
     assert {p.name: p for p in load_view(store, ["corp"]).principals}["alice"].rds_cals == ()
+
+
+def test_progress_is_reported_every_thousand_entries(store):
+    entries = [user(f"u{i:05d}", rid=10_000 + i) for i in range(2500)]
+    seen = []
+    run_sync(store, "corp", ListReader(entries), inactive_after_days=90, progress=seen.append)
+    assert seen == [1000, 2000]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -82,7 +82,7 @@ class DeparturesHeld(DirectoryError):
 
 def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
              judge_at: datetime | None = None, now: datetime | None = None, max_departures: int | None = None,
-             accept_departures: bool = False) -> SyncOutcome:
+             accept_departures: bool = False, progress: Callable[[int], None] | None = None) -> SyncOutcome:
     """Read ``reader`` completely and apply it.  Raises the reader's error after recording it."""
     now = now or datetime.now(timezone.utc)
     judge_at = judge_at or now
@@ -94,7 +94,9 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
     log.info("sync.started", directory=directory, source=reader.describe())
     try:
         entries: dict[str, DirectoryEntry] = {}
-        for entry in reader.read():
+        for count, entry in enumerate(reader.read(), start=1):
+            if progress is not None and count % 1000 == 0:
+                progress(count)
             previous = entries.get(entry.guid)
             # A live object wins over a tombstone with the same GUID (restored from the bin).
             if previous is None or (previous.deleted and not entry.deleted):
