@@ -31,11 +31,16 @@ from pydantic import (
 )
 
 from agent.errors import ConfigError
+from agent.service import paths as _paths
 
 CONFIG_ENV = "CAL_AGENT_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/cal-agent/config.yaml")
 DEFAULT_DATABASE_URL = "sqlite:////var/lib/cal-agent/state.db"
 DEFAULT_REPORTS_DIR = "/var/lib/cal-agent/reports"
+if os.name == "nt":  # Windows: all under %ProgramData%\cal-agent (agent/service/paths.py, docs/windows.md)
+    DEFAULT_CONFIG_PATH = _paths.windows_config_path()
+    DEFAULT_DATABASE_URL = _paths.windows_database_url()
+    DEFAULT_REPORTS_DIR = str(_paths.windows_reports_dir())
 
 VERSION_RE = re.compile(r"^(\d{4})(?: ?R2)?$", re.IGNORECASE)
 
@@ -528,7 +533,8 @@ def format_validation_error(error: ValidationError) -> list[str]:
 
 
 def default_config_path() -> Path:
-    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    """$CAL_AGENT_CONFIG, else /etc/cal-agent/config.yaml (Windows: %ProgramData%\\cal-agent\\config.yaml)."""
+    return _paths.default_config_path()
 
 
 def parse_config(data: Any, *, base_dir: Path | None = None, source: str | None = None) -> Config:
@@ -656,13 +662,16 @@ def _read_secret_file(path: Path, where: str, *, check_mode: bool) -> SecretStr:
         raise ConfigError(f"{where}: file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    # POSIX mode bits only: on Windows st_mode tells nothing about who may read a file; there the
+    # file's NTFS ACL (SYSTEM and Administrators only) protects it (docs/windows.md).
     if check_mode and os.name == "posix" and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"{where}: {path} is readable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
             f"run: chmod 600 {path}"
         )
     try:
-        value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        # utf-8-sig: Notepad and PowerShell 5.1 (`Set-Content -Encoding UTF8`) start the file with a BOM.
+        value = path.read_text(encoding="utf-8-sig").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: cannot read {path}: {exc}") from None
     if not value:

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from agent.service.notify import SystemdNotifier
 log = structlog.get_logger("agent.service")
 
 STATUS_FILE = "agent-status.json"
+SIGNAL_POLL_SECONDS = 0.5  # how soon a signal is acted on (see Daemon.serve)
 
 
 def _trigger(config: Config):
@@ -152,34 +154,57 @@ class Daemon:
             log.info("config.reloaded", path=str(self.config_path))
         self.notifier.notify(READY=1, STATUS="configuration reloaded")
 
-    def serve(self) -> int:
+    def request_stop(self) -> None:
+        """Stop after the current phase of a running cycle, as SIGTERM does (any thread: the Windows
+        service control handler calls it)."""
+        self.stop_requested.set()
+        self.wake.set()
+
+    def request_reload(self) -> None:
+        """Reload the configuration in the serve loop, as SIGHUP does (any thread)."""
+        self.reload_requested.set()
+        self.wake.set()
+
+    def serve(self, *, handle_signals: bool = True) -> int:
+        """Run until a stop is requested.  ``handle_signals=False``: the caller stops and reloads
+        through request_stop() / request_reload() (the Windows service: not the main thread)."""
+        # A signal handler runs in the main thread between two bytecodes, possibly while that thread
+        # holds an Event's or the log's lock: taking either there deadlocks.  So the handlers only
+        # note the signal, and the loop below, awake at least every SIGNAL_POLL_SECONDS, acts on it.
+        signalled: dict[str, str] = {}
+
         def on_stop(signum, _frame):
-            log.info("service.stopping", signal=signal.Signals(signum).name)
-            self.stop_requested.set()
-            self.wake.set()
+            signalled["stop"] = signal.Signals(signum).name
 
         def on_hup(_signum, _frame):
-            self.reload_requested.set()
-            self.wake.set()
+            signalled["reload"] = "SIGHUP"
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, on_hup)
+        if handle_signals:
+            signal.signal(signal.SIGTERM, on_stop)
+            signal.signal(signal.SIGINT, on_stop)
+            if hasattr(signal, "SIGHUP"):
+                signal.signal(signal.SIGHUP, on_hup)
         self._schedule(first=True)
         self.scheduler.start()
         self.notifier.notify(READY=1, STATUS="started; first cycle running", MAINPID=os.getpid())
         log.info("service.started", pid=os.getpid(), schedule=self.config.schedule.model_dump(),
                  watchdog_seconds=self.notifier.watchdog_seconds)
         ping = (self.notifier.watchdog_seconds or 0) / 2 or None
+        last_ping = time.monotonic()
         while not self.stop_requested.is_set():
-            self.wake.wait(timeout=ping or 3600)
+            self.wake.wait(timeout=min(ping or 3600, SIGNAL_POLL_SECONDS if handle_signals else 3600))
             self.wake.clear()
-            if self.reload_requested.is_set():
+            if "stop" in signalled:
+                log.info("service.stopping", signal=signalled["stop"])
+                self.request_stop()
+            if signalled.pop("reload", None):
+                self.reload_requested.set()
+            if self.reload_requested.is_set() and not self.stop_requested.is_set():
                 self.reload_requested.clear()
                 self._reload()
-            if ping:
+            if ping and time.monotonic() - last_ping >= ping * 0.9:
                 self.notifier.notify(WATCHDOG=1)
+                last_ping = time.monotonic()
         self.notifier.notify(STOPPING=1, STATUS="stopping after the current step")
         self.scheduler.shutdown(wait=True)  # the running cycle ends at its next phase boundary
         if self.metrics is not None:
