@@ -264,7 +264,6 @@ class ActiveDirectoryReader:
                          show_deleted=bool(controls))
         cookie: bytes | None = None
         page = 0
-        seen_cookies: set[bytes] = set()
         while True:
             conn.search(
                 base,
@@ -277,16 +276,22 @@ class ActiveDirectoryReader:
                 controls=controls,
             )
             page += 1
+            entries = 0
             for item in conn.response or []:
                 if item.get("type") != "searchResEntry":
                     continue  # continuation references to other partitions are not ours
+                entries += 1
                 yield item["dn"], item["raw_attributes"], page
-            cookie = (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID, {}).get("value", {}).get("cookie")
+            previous, cookie = cookie, (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID, {}).get(
+                "value", {}).get("cookie")
             if not cookie:
                 return
-            if cookie in seen_cookies:
-                raise DirectoryError(f"{self.config.url}: the server repeated a paging cookie; read discarded")
-            seen_cookies.add(cookie)
+            # Samba hands out the same cookie for every page of a search (a handle, not a position),
+            # so a repeated cookie is normal; a repeated cookie with an empty page is a server stuck
+            # in a loop, and the read is abandoned rather than spun forever.
+            if cookie == previous and entries == 0:
+                raise DirectoryError(f"{self.config.url}: the server returned an empty page and the same paging "
+                                     "cookie; read discarded")
 
     def _complete_ranges(self, conn: ldap3.Connection, dn: str, raw: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
         """AD returns at most MaxValRange (1500) values of ``member`` and names the attribute
