@@ -62,3 +62,14 @@ def test_report_doc_describes_every_field_a_report_has(demo_report):
     assert set(products) == set(demo_report["products"][0])
     findings = table_rows("report-json.md", "## `findings[]`")
     assert set(findings) == set(demo_report["findings"][0])
+
+
+def test_reliability_table_names_only_tests_that_exist():
+    """docs/reliability.md promises a test per row: every test it names must exist."""
+    root = DOCS.parent
+    refs = re.findall(r"(tests/[a-z_]+\.py)(?:::([A-Za-z0-9_]+))?", (DOCS / "reliability.md").read_text())
+    assert len(refs) >= 20
+    for path, name in refs:
+        source = (root / path).read_text()
+        if name:
+            assert f"def {name}(" in source, f"{path}::{name}"
