@@ -173,3 +173,19 @@ def test_an_empty_read_is_held_by_the_departure_guard(estate):
     assert "more than the limit" in held.stderr and "--accept-departures" in held.stderr
     assert last_sync(estate["folder"]).status == "held"
     assert states(estate["folder"]) == before
+
+
+def test_the_bind_password_appears_in_no_output_log_report_or_file(estate):
+    config = write_config(estate, url="ldaps://localhost:636")
+    outputs = []
+    for args in (("--log-level", "debug", "--log-format", "json", "run", "--once"),
+                 ("--log-level", "debug", "test-connection"), ("report", "--format", "html"),
+                 ("report", "--format", "csv"), ("status",), ("audit-pack", "--output", str(estate["folder"] / "pack"))):
+        proc = run(config, *args, expect=None)
+        outputs += [proc.stdout, proc.stderr]
+    assert any("ldapsearch" in o for o in outputs)  # the debug log did log the searches
+    secret = estate["password"]
+    assert all(secret not in o for o in outputs)
+    for path in estate["folder"].rglob("*"):
+        if path.is_file() and path.name != "bind-password":
+            assert secret.encode() not in path.read_bytes(), path
