@@ -178,7 +178,60 @@ class LdifConfig(Strict):
         return value
 
 
-DirectoryConfig = Annotated[Union[ActiveDirectoryConfig, LdifConfig], Field(discriminator="type")]
+class LdapAttributes(Strict):
+    """What a generic LDAP directory (OpenLDAP, 389-DS, FreeIPA) is searched for and read from."""
+
+    identity: Annotated[str, Field(min_length=1)] = "entryUUID"  # 389-DS/FreeIPA also: nsUniqueId
+    user_filter: Annotated[str, Field(min_length=3)] = "(|(objectClass=inetOrgPerson)(objectClass=posixAccount))"
+    group_filter: Annotated[str, Field(min_length=3)] = (
+        "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))")
+    computer_filter: Annotated[str, Field(min_length=3)] | None = "(objectClass=device)"  # null: no computers
+    user_name: Annotated[str, Field(min_length=1)] = "uid"
+    group_name: Annotated[str, Field(min_length=1)] = "cn"
+    computer_name: Annotated[str, Field(min_length=1)] = "cn"
+    display_name: Annotated[str, Field(min_length=1)] = "displayName"  # falls back to cn
+    mail: Annotated[str, Field(min_length=1)] = "mail"
+
+    @field_validator("user_filter", "group_filter", "computer_filter")
+    @classmethod
+    def _filter(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        value = value.strip()
+        if not (value.startswith("(") and value.endswith(")")) or value.count("(") != value.count(")"):
+            raise ValueError(f"not an LDAP filter in parentheses: {value!r}")
+        return value
+
+
+class LdapConfig(SecretSource):
+    """A generic LDAP directory: OpenLDAP, 389 Directory Server, FreeIPA (docs/directory.md)."""
+
+    type: Literal["ldap"]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+    url: str
+    base_dn: Annotated[str, Field(min_length=3)]
+    bind_dn: Annotated[str, Field(min_length=1)]
+    tls: TlsConfig = TlsConfig()
+    inactive_after_days: Annotated[int, Field(ge=1, le=36500)] = 90
+    max_departures: Annotated[int, Field(ge=0)] | None = None
+    page_size: Annotated[int, Field(ge=1, le=10000)] = 500
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    attributes: LdapAttributes = LdapAttributes()
+
+    _url = field_validator("url")(lambda cls, v: ActiveDirectoryConfig._ldap_url.__func__(cls, v))
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "LdapConfig":
+        sources = [s for s in ("password_env", "password_file", "password_credential") if getattr(self, s)]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of password_env, password_file, password_credential"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
+        return self
+
+
+DirectoryConfig = Annotated[Union[ActiveDirectoryConfig, LdapConfig, LdifConfig], Field(discriminator="type")]
 
 
 class Selector(Strict):
@@ -456,7 +509,7 @@ class Config(Strict):
                 raise ValueError(f"requirements[{i}].directory: no directory named {req.directory!r}")
         return self
 
-    def directory(self, name: str) -> ActiveDirectoryConfig | LdifConfig:
+    def directory(self, name: str) -> ActiveDirectoryConfig | LdapConfig | LdifConfig:
         for d in self.directories:
             if d.name == name:
                 return d
@@ -493,7 +546,7 @@ def key_paths(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
 # Loading and error reporting
 
 
-_UNION_TAGS = {"active_directory", "ldif"}
+_UNION_TAGS = {"active_directory", "ldap", "ldif"}
 
 
 def _error_path(loc: tuple[Any, ...]) -> str:
@@ -524,10 +577,10 @@ def format_validation_error(error: ValidationError) -> list[str]:
             msg = "required key is missing"
         elif item["type"] == "union_tag_invalid":
             path = f"{path}.type"
-            msg = f"unknown type {(item.get('ctx') or {}).get('tag')!r}: use active_directory or ldif"
+            msg = f"unknown type {(item.get('ctx') or {}).get('tag')!r}: use active_directory, ldap or ldif"
         elif item["type"] == "union_tag_not_found":
             path = f"{path}.type"
-            msg = "required key is missing (active_directory or ldif)"
+            msg = "required key is missing (active_directory, ldap or ldif)"
         problems.append(f"{path}: {msg}" if path else msg)
     return problems
 

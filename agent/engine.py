@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select
 
 from agent.compliance.model import DirectoryView, Principal as RulePrincipal, Reconciliation, RdsPerUserCal
 from agent.compliance.reconcile import reconcile
-from agent.config import ActiveDirectoryConfig, Config, LdifConfig
+from agent.config import ActiveDirectoryConfig, Config, LdapConfig, LdifConfig
 from agent.directory import make_reader
 from agent.errors import CalAgentError, InventoryError, NoDataError, StoreError
 from agent.inventory.ledger import Ledger
@@ -101,7 +101,7 @@ def directory_status(config: Config, store: Store) -> list[dict[str, Any]]:
             out.append({
                 "name": d.name,
                 "type": d.type,
-                "source": d.url if isinstance(d, ActiveDirectoryConfig) else str(d.path),
+                "source": d.url if isinstance(d, (ActiveDirectoryConfig, LdapConfig)) else str(d.path),
                 "last_sync": _sync_dict(last),
                 "last_successful_sync": _sync_dict(last_ok),
             })

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import PostgresServer, SambaDC, ServerStartError, ServerUnavailable
+from tests.servers import OpenLdapServer, PostgresServer, SambaDC, ServerStartError, ServerUnavailable
 
 
 def _in_ci() -> bool:
@@ -42,6 +42,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.samba)
         if "postgres_server" in names and not item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.postgres)
+        if "openldap" in names and not item.get_closest_marker("openldap"):
+            item.add_marker(pytest.mark.openldap)
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +79,28 @@ def samba_ou(samba_dc: SambaDC, request: pytest.FixtureRequest) -> str:
     """
     name = f"t-{_safe_name(request.node.name, 40)}-{uuid.uuid4().hex[:8]}"
     return samba_dc.add_ou(name)
+
+
+@pytest.fixture(scope="session")
+def openldap() -> Iterator[OpenLdapServer]:
+    """A throwaway OpenLDAP slapd (dc=example,dc=com) over LDAPS/StartTLS with the test CA, a rootdn
+    for populating and a read-only bind account (tests/servers/openldap.py)."""
+    server = OpenLdapServer()
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.cleanup()
+        _unavailable(f"OpenLDAP unavailable: {exc}")
+    except ServerStartError as exc:
+        server.cleanup()
+        pytest.fail(f"OpenLDAP failed to start: {exc}", pytrace=False)
+    except BaseException:
+        server.cleanup()
+        raise
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ class DirectoryReader(Protocol):
 
 def make_reader(config) -> DirectoryReader:
     """The reader for one ``directories[]`` entry of the configuration."""
-    from agent.config import ActiveDirectoryConfig, LdifConfig, resolve_password
+    from agent.config import ActiveDirectoryConfig, LdapConfig, LdifConfig, resolve_password
 
     if isinstance(config, LdifConfig):
         from agent.directory.ldif import LdifReader
@@ -34,4 +34,8 @@ def make_reader(config) -> DirectoryReader:
         from agent.directory.ad import ActiveDirectoryReader
 
         return ActiveDirectoryReader(config, resolve_password(config, where=f"directory {config.name}"))
+    if isinstance(config, LdapConfig):
+        from agent.directory.ldap import LdapReader
+
+        return LdapReader(config, resolve_password(config, where=f"directory {config.name}"))
     raise TypeError(f"no reader for {type(config).__name__}")

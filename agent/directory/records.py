@@ -54,7 +54,8 @@ class DirectoryEntry:
     last_logon: datetime | None = None  # lastLogonTimestamp (replicated, lags up to ~14 days)
     pwd_last_set: datetime | None = None
     when_created: datetime | None = None
-    primary_group_id: int | None = None
+    primary_group_id: int | None = None  # AD: primaryGroupID (a RID); generic LDAP: the user's gidNumber
+    gid_number: int | None = None  # generic LDAP groups: a posixGroup's gidNumber (primary group of users)
     members: tuple[str, ...] = ()  # member DNs, groups only
     dns_host_name: str | None = None
     operating_system: str | None = None

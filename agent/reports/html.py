@@ -109,7 +109,7 @@ KIND_INFO: dict[str, tuple[str, str, str]] = {
 }
 KIND_ORDER = {kind: index for index, kind in enumerate(KIND_INFO)}
 
-DIRECTORY_TYPES = {"active_directory": "Active Directory", "ldif": "LDIF export"}
+DIRECTORY_TYPES = {"active_directory": "Active Directory", "ldap": "LDAP directory", "ldif": "LDIF export"}
 FAILED_SYNC_STATUSES = {"failed", "error", "aborted"}
 
 

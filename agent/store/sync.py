@@ -259,6 +259,10 @@ def _sync_memberships(session, directory: str, entries: list[DirectoryEntry], ro
     live = [e for e in entries if not e.deleted]
     by_dn = {decode.dn_key(e.dn): rows[e.guid].id for e in live}
     group_by_sid = {e.sid: rows[e.guid].id for e in live if e.kind is EntryKind.GROUP and e.sid}
+    group_by_gid: dict[int, int] = {}
+    for e in live:
+        if e.kind is EntryKind.GROUP and e.gid_number is not None:
+            group_by_gid.setdefault(e.gid_number, rows[e.guid].id)
     wanted: dict[tuple[int, int], bool] = {}
     unresolved = 0
     for entry in live:
@@ -273,6 +277,12 @@ def _sync_memberships(session, directory: str, entries: list[DirectoryEntry], ro
         if entry.primary_group_id is not None and entry.domain_sid:
             # The primary group is not listed in the group's `member` (MS-ADA3 primaryGroupID).
             group_id = group_by_sid.get(f"{entry.domain_sid}-{entry.primary_group_id}")
+            if group_id is not None:
+                wanted[(group_id, rows[entry.guid].id)] = True
+        elif entry.primary_group_id is not None and entry.kind is EntryKind.USER and group_by_gid:
+            # Generic LDAP: a user's gidNumber names its primary posixGroup, which need not list
+            # the user in memberUid (like AD's primaryGroupID).
+            group_id = group_by_gid.get(entry.primary_group_id)
             if group_id is not None:
                 wanted[(group_id, rows[entry.guid].id)] = True
     ids = [r.id for r in rows.values()]

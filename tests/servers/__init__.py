@@ -1,7 +1,8 @@
 """Throwaway real servers (Samba AD DC, PostgreSQL) for the integration tests."""
 
 from .common import ServerStartError, ServerUnavailable
+from .openldap import OpenLdapServer
 from .postgres import PostgresServer
 from .samba import SambaDC
 
-__all__ = ["PostgresServer", "SambaDC", "ServerStartError", "ServerUnavailable"]
+__all__ = ["OpenLdapServer", "PostgresServer", "SambaDC", "ServerStartError", "ServerUnavailable"]

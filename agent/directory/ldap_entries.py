@@ -1,0 +1,182 @@
+"""Turn generic LDAP entries (OpenLDAP, 389-DS, FreeIPA) into the same records as AD's.
+
+Pure functions over raw attribute values (bytes), so they are tested with plain data.  What
+counts as disabled, expired and active, and how memberships are read, is in docs/directory.md.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+
+from agent.directory import decode
+from agent.directory.ad_entries import normalise_attributes
+from agent.directory.records import UAC_ACCOUNTDISABLE, DirectoryEntry, EntryKind
+
+# OpenLDAP ppolicy: an administrator's permanent lock (draft-behera-ldap-password-policy 5.3.3).
+PERMANENT_LOCK = "000001010000Z"
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# RFC 4517 NameAndOptionalUID: a DN, optionally followed by "#" and a BitString ('0101'B).
+_OPTIONAL_UID_RE = re.compile(r"#'[01]*'B$")
+
+# Read for every principal besides the configured identity/name/display/mail attributes.
+STATE_ATTRIBUTES = (
+    "objectClass",
+    "cn",
+    "uid",
+    "nsAccountLock",  # 389-DS, FreeIPA
+    "pwdAccountLockedTime",  # OpenLDAP ppolicy (operational)
+    "shadowExpire",  # shadowAccount: days since 1970-01-01
+    "krbPrincipalExpiration",  # FreeIPA
+    "authTimestamp",  # OpenLDAP lastbind overlay (operational)
+    "pwdChangedTime",  # ppolicy / 389-DS (operational)
+    "createTimestamp",  # operational
+    "gidNumber",
+)
+MEMBER_ATTRIBUTES = ("member", "uniqueMember", "memberUid")
+
+RawAttributes = Mapping[str, Sequence[bytes]]
+
+
+def identity(value: bytes | str) -> str:
+    """entryUUID (RFC 4530) or 389-DS's nsUniqueId (``xxxxxxxx-xxxxxxxx-xxxxxxxx-xxxxxxxx``) as a
+    canonical lower-case UUID; any other value lower-cased as it is."""
+    text = (decode.text(value) or "").strip().lower()
+    if not text:
+        raise ValueError("empty identity value")
+    digits = text.replace("-", "")
+    if len(digits) == 32 and all(c in "0123456789abcdef" for c in digits):
+        return str(uuid.UUID(hex=digits))
+    return text
+
+
+def shadow_expire(value: bytes | str | int | None) -> datetime | None:
+    """shadowExpire (days since 1970-01-01) to the moment the account expires.
+
+    -1 (and any negative value) means never.  0 is ambiguous (shadow(5): "should not be used",
+    read as never or as 1970-01-01 by different tools); it is read as never, so such an account
+    keeps being required rather than silently dropped from the count.
+    """
+    days = decode.integer(value)
+    if days is None or days <= 0:
+        return None
+    return _UNIX_EPOCH + timedelta(days=days)
+
+
+def ppolicy_locked(value: bytes | str | None) -> bool:
+    """pwdAccountLockedTime present: the account is locked (by failed binds until the policy's
+    pwdLockoutDuration passes, or for good when the value is ``000001010000Z``)."""
+    text = (decode.text(value) or "").strip()
+    return bool(text)
+
+
+def ppolicy_locked_permanently(value: bytes | str | None) -> bool:
+    return (decode.text(value) or "").strip().upper() == PERMANENT_LOCK
+
+
+def ns_account_lock(value: bytes | str | None) -> bool:
+    """389-DS / FreeIPA nsAccountLock: locked when TRUE (any case)."""
+    return (decode.text(value) or "").strip().upper() == "TRUE"
+
+
+def unique_member_dn(value: bytes | str) -> str:
+    """A uniqueMember value without its optional ``#'0101'B`` unique-identifier suffix."""
+    text = (decode.text(value) or "").strip()
+    return _OPTIONAL_UID_RE.sub("", text)
+
+
+def _one(attrs: Mapping[str, list[bytes]], name: str) -> bytes | None:
+    values = attrs.get(name.lower())
+    return values[0] if values else None
+
+
+def _rdn_value(dn: str) -> str:
+    """The value of a DN's first RDN (``uid=jdoe,ou=People,...`` -> ``jdoe``), escapes kept."""
+    end, escaped = len(dn), False
+    for index, ch in enumerate(dn):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch in ",+":
+            end = index
+            break
+    return dn[:end].partition("=")[2].strip()
+
+
+def entry_from_ldap(dn: str, raw: RawAttributes, kind: EntryKind, names, *,
+                    member_dns_by_uid: Mapping[str, str] | None = None) -> DirectoryEntry:
+    """Build a record for one entry found by the ``kind`` search.
+
+    ``names`` is the directory's ``attributes:`` configuration (identity, name, display, mail).
+    ``member_dns_by_uid`` resolves posixGroup ``memberUid`` values (lower-cased uid -> user DN).
+    Raises ValueError (naming the attribute) when a value cannot be decoded.
+    """
+    attrs = normalise_attributes(raw)
+
+    def field(name: str, convert):
+        value = _one(attrs, name)
+        if value is None:
+            return None
+        try:
+            return convert(value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{name}: {exc}") from None
+
+    guid_raw = _one(attrs, names.identity)
+    if guid_raw is None:
+        raise ValueError(f"{names.identity} is missing (an operational attribute: may the bind account read it?)")
+    guid = field(names.identity, identity)
+    name_attr = {EntryKind.USER: names.user_name, EntryKind.GROUP: names.group_name,
+                 EntryKind.COMPUTER: names.computer_name}[kind]
+    name = decode.text(_one(attrs, name_attr)) or _rdn_value(dn)
+    if not name:
+        raise ValueError(f"{name_attr} is missing")
+    display = decode.text(_one(attrs, names.display_name)) or decode.text(_one(attrs, "cn"))
+    members: tuple[str, ...] = ()
+    gid_number = primary_gid = None
+    disabled = False
+    expires = None
+    if kind is EntryKind.GROUP:
+        out = [decode.text(v) or "" for v in attrs.get("member", ())]
+        out += [unique_member_dn(v) for v in attrs.get("uniquemember", ())]
+        for uid in attrs.get("memberuid", ()):
+            resolved = (member_dns_by_uid or {}).get((decode.text(uid) or "").strip().lower())
+            if resolved is not None:
+                out.append(resolved)
+        seen: set[str] = set()
+        members = tuple(m for m in out if m and not (decode.dn_key(m) in seen or seen.add(decode.dn_key(m))))
+        gid_number = field("gidNumber", decode.integer)
+    else:
+        disabled = (ns_account_lock(_one(attrs, "nsAccountLock"))
+                    or ppolicy_locked(_one(attrs, "pwdAccountLockedTime")))
+        moments = [m for m in (field("shadowExpire", shadow_expire),
+                               field("krbPrincipalExpiration", decode.generalized_time)) if m is not None]
+        expires = min(moments) if moments else None
+        if kind is EntryKind.USER:
+            primary_gid = field("gidNumber", decode.integer)
+    return DirectoryEntry(
+        guid=guid,
+        kind=kind,
+        dn=dn,
+        name=name,
+        display_name=display,
+        mail=decode.text(_one(attrs, names.mail)),
+        # The AD-equivalent flag: the lifecycle rule and the store treat every directory alike.
+        user_account_control=UAC_ACCOUNTDISABLE if disabled else None,
+        account_expires=expires,
+        last_logon=field("authTimestamp", decode.generalized_time),
+        pwd_last_set=field("pwdChangedTime", decode.generalized_time),
+        when_created=field("createTimestamp", decode.generalized_time),
+        primary_group_id=primary_gid,
+        gid_number=gid_number,
+        members=members,
+    )
+
+
+def user_uids(raw: RawAttributes) -> list[str]:
+    """The lower-cased ``uid`` values of a user, for resolving posixGroup memberUid."""
+    attrs = normalise_attributes(raw)
+    return [(decode.text(v) or "").strip().lower() for v in attrs.get("uid", ()) if v]

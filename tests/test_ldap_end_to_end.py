@@ -1,0 +1,275 @@
+"""End to end against a real OpenLDAP slapd (`type: ldap`), as an admin would use it: config file,
+read-only bind account over LDAPS with certificate verification, `cal-agent` commands, JSON report.
+Mirrors tests/test_ad_end_to_end.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.config import parse_config, resolve_password
+from agent.directory.ldap import LdapReader
+
+pytestmark = pytest.mark.openldap
+
+
+def cal_agent(config: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "agent", "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "CAL_AGENT_CONFIG": ""})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cal-agent {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Corp:
+    """A small company in a fresh OU of the shared slapd, with unique names."""
+
+    def __init__(self, ldap, tmp: Path) -> None:
+        self.ldap = ldap
+        self.tag = t = uuid.uuid4().hex[:4]
+        gid = 10000 + int(t, 16) % 50000  # unique gidNumbers per module
+        self.root = ldap.add_ou(f"e2e-{t}")
+        self.people = ldap.add_ou("People", self.root)
+        self.contractors = ldap.add_ou("Contractors", self.root)
+        self.devices = ldap.add_ou("Devices", self.root)
+        self.groups = ldap.add_ou("Groups", self.root)
+        self.n = {k: f"{k}-{t}" for k in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "svcbak")}
+        self.dn: dict[str, str] = {}
+        expired_day = (datetime.now(timezone.utc) - timedelta(days=5) - datetime(1970, 1, 1, tzinfo=timezone.utc)).days
+        for number, key in enumerate(("alice", "bob", "grace", "dave", "erin", "frank", "svcbak", "carol")):
+            extra = {}
+            if key == "dave":
+                extra["pwdAccountLockedTime"] = "000001010000Z"  # ppolicy: locked by an administrator
+            if key == "erin":
+                extra["shadowExpire"] = str(expired_day)
+            self.add_user(key, self.contractors if key == "carol" else self.people,
+                          gid_number=gid + 1 if key == "carol" else gid, uid_number=gid + 100 + number, **extra)
+        # Nested groupOfNames: GG-Staff (groupOfUniqueNames) > GG-Eng > GG-Apps > bob; alice directly,
+        # with the optional unique-identifier suffix uniqueMember allows.
+        apps = self.group_of_names(f"GG-Apps-{t}", [self.dn["bob"]])
+        eng = self.group_of_names(f"GG-Eng-{t}", [apps])
+        self.staff_group = ldap.add(f"cn=GG-Staff-{t},{self.groups}", ["groupOfUniqueNames"], {
+            "cn": f"GG-Staff-{t}", "uniqueMember": [self.dn["alice"] + "#'0101'B", eng]})
+        self.group_of_names(f"svc-accounts-{t}", [self.dn["svcbak"]])
+        # posixGroup with memberUid: every staff member (the "Domain Users" of this directory).
+        ldap.add(f"cn=staff-{t},{self.groups}", ["posixGroup"], {
+            "cn": f"staff-{t}", "gidNumber": str(gid),
+            "memberUid": [self.n[k] for k in ("alice", "bob", "grace", "dave", "erin", "frank", "svcbak")]})
+        # carol is in GG-Primary only through her gidNumber (its memberUid is empty).
+        ldap.add(f"cn=GG-Primary-{t},{self.groups}", ["posixGroup"], {"cn": f"GG-Primary-{t}",
+                                                                     "gidNumber": str(gid + 1)})
+        ldap.add(f"cn=KIOSK1-{t.upper()},{self.devices}", ["device"], {"cn": f"KIOSK1-{t.upper()}",
+                                                                        "description": "Kiosk"})
+        ldap.add(f"cn=KIOSK2-{t.upper()},{self.devices}", ["device"], {"cn": f"KIOSK2-{t.upper()}"})
+
+        self.tmp = tmp
+        secret = tmp / "bind-password"
+        secret.write_text(ldap.reader_password + "\n")
+        secret.chmod(0o600)
+        self.inventory = tmp / "inventory.yaml"
+        self.inventory.write_text(yaml.safe_dump({
+            "purchases": [
+                {"id": "PO-WS", "product": "windows-server", "version": "2022", "cal_type": "user", "quantity": 2,
+                 "purchased_on": "2024-01-17", "invoice": "INV-1"},
+                {"id": "PO-KIOSK", "product": "windows-server", "version": "2022", "cal_type": "device",
+                 "quantity": 1, "purchased_on": "2024-01-17", "invoice": "INV-2"},
+            ],
+            "assignments": [
+                {"purchase": "PO-WS", "principal": self.n["alice"], "assigned_on": "2024-02-01"},
+                {"purchase": "PO-WS", "principal": self.n["dave"], "assigned_on": "2024-02-01"},
+                {"purchase": "PO-WS", "principal": self.n["frank"], "assigned_on": "2024-02-01"},
+                {"purchase": "PO-WS", "principal": f"ghost-{t}", "assigned_on": "2024-02-01"},
+                {"purchase": "PO-KIOSK", "principal": f"KIOSK1-{t.upper()}", "assigned_on": "2024-02-01"},
+            ],
+        }))
+        self.config = tmp / "config.yaml"
+        self.config_data = {
+            "database": {"url": "sqlite:///state.db"},
+            "directories": [{
+                "name": "corp", "type": "ldap", "url": ldap.url, "base_dn": self.root,
+                "bind_dn": ldap.reader_dn, "password_file": "bind-password",
+                "tls": {"ca_file": str(ldap.ca_file)}, "inactive_after_days": 90, "page_size": 5,
+            }],
+            "inventory": "inventory.yaml",
+            "requirements": [
+                {"name": "staff-windows", "product": "windows-server", "version": "2022", "cal_type": "user",
+                 "users": {"ou": self.people, "group": f"staff-{t}", "exclude": [f"svc-accounts-{t}"]}},
+                {"name": "kiosks", "product": "windows-server", "version": "2022", "cal_type": "device",
+                 "computers": {"ou": self.devices}},
+                {"name": "remote", "product": "rds", "version": "2022", "cal_type": "user",
+                 "users": {"group": f"GG-Primary-{t}"}},
+                {"name": "nested", "product": "exchange-standard", "version": "2019", "cal_type": "user",
+                 "users": {"group": self.staff_group}},  # by DN
+            ],
+            "reports": {"directory": "reports"},
+        }
+        self.write_config()
+
+    def add_user(self, key: str, ou: str, *, gid_number: int, uid_number: int, **extra: str) -> str:
+        uid = self.n[key]
+        dn = self.ldap.add(f"uid={uid},{ou}", ["inetOrgPerson", "posixAccount", "shadowAccount"], {
+            "uid": uid, "cn": key.title(), "sn": key.title(), "displayName": f"{key.title()} {self.tag}",
+            "mail": f"{uid}@example.com", "uidNumber": str(uid_number), "gidNumber": str(gid_number),
+            "homeDirectory": f"/home/{uid}"})
+        if extra:
+            self.ldap.modify(dn, extra)
+        self.dn[key] = dn
+        return dn
+
+    def group_of_names(self, cn: str, members: list[str]) -> str:
+        return self.ldap.add(f"cn={cn},{self.groups}", ["groupOfNames"], {"cn": cn, "member": members})
+
+    def write_config(self, **directory_overrides) -> None:
+        data = json.loads(json.dumps(self.config_data))
+        data["directories"][0].update(directory_overrides)
+        self.config.write_text(yaml.safe_dump(data))
+
+
+@pytest.fixture(scope="module")
+def corp(openldap, tmp_path_factory):
+    return Corp(openldap, tmp_path_factory.mktemp("ldapcorp"))
+
+
+def findings_by_kind(report: dict) -> dict[str, list[tuple]]:
+    out: dict[str, list[tuple]] = {}
+    for f in report["findings"]:
+        who = f["principal"]["name"] if f["principal"] else f["purchase"]
+        out.setdefault(f["kind"], []).append((f["product"], f["cal_type"], who, f["reason"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_full_cycle_gives_the_findings_an_auditor_would_raise(corp):
+    t, n = corp.tag, corp.n
+    run = cal_agent(corp.config, "run", "--once")
+    assert run.returncode == 0, run.stderr
+    # frank leaves after the first sync: LDAP keeps nothing, so a complete read calls him missing.
+    corp.ldap.delete(corp.dn["frank"])
+    cal_agent(corp.config, "sync", check=True)
+    reconcile = cal_agent(corp.config, "reconcile", "--check")
+    assert reconcile.returncode == 1, reconcile.stdout + reconcile.stderr
+    report = json.loads(cal_agent(corp.config, "report", "--format", "json", check=True).stdout)
+    assert report["compliant"] is False
+    got = findings_by_kind(report)
+    assert got["unlicensed_user"] == sorted([
+        ("windows-server", "user", n["bob"], None),        # posixGroup memberUid + OU
+        ("windows-server", "user", n["grace"], None),
+        ("rds", "user", n["carol"], None),                 # member only through her gidNumber
+        ("exchange-standard", "user", n["alice"], None),   # uniqueMember (with #'0101'B) of GG-Staff
+        ("exchange-standard", "user", n["bob"], None),     # member of GG-Staff through two nested groups
+    ])
+    assert got["unlicensed_device"] == [("windows-server", "device", f"KIOSK2-{t.upper()}", None)]
+    assert got["stale_assignment"] == sorted([
+        ("windows-server", "user", n["dave"], "disabled"),  # pwdAccountLockedTime
+        ("windows-server", "user", n["frank"], "missing"),
+    ])
+    assert got["orphan_assignment"] == [("windows-server", "user", f"ghost-{t}", None)]
+    assert got["over_assigned"] == [("windows-server", "user", "PO-WS", None)]
+    products = {(p["product"], p["version"], p["cal_type"]): (p["required"], p["owned"], p["assigned"], p["licensed"],
+                                                              p["shortfall"])
+                for p in report["products"]}
+    # staff-windows: alice, bob, grace (dave locked, erin expired, frank gone, svcbak excluded).
+    # Four seats of PO-WS are handed out (alice, dave, frank, ghost) but only alice is licensed.
+    assert products[("windows-server", "2022", "user")] == (3, 2, 4, 1, 1)
+    assert products[("windows-server", "2022", "device")] == (2, 1, 1, 1, 1)
+    assert products[("rds", "2022", "user")] == (1, 0, 0, 0, 1)
+    assert sorted(f["product"] + "/" + f["cal_type"] for f in report["findings"] if f["kind"] == "shortfall") == [
+        "exchange-standard/user", "rds/user", "windows-server/device", "windows-server/user"]
+    new = {(f["kind"], f["principal"]["name"] if f["principal"] else None) for f in report["drift"]["new"]}
+    assert new == {("stale_assignment", n["frank"])}
+    assert report["drift"]["resolved"] == []
+    # erin is expired (shadowExpire), so she is not required and has no finding.
+    assert all(not f["principal"] or f["principal"]["name"] != n["erin"] for f in report["findings"])
+
+    # A second sync + reconcile with no change: no drift.
+    cal_agent(corp.config, "sync", check=True)
+    cal_agent(corp.config, "reconcile")
+    again = json.loads(cal_agent(corp.config, "report", "--format", "json", check=True).stdout)
+    assert again["drift"] == {"new": [], "resolved": [], "principals": []}
+    assert again["summary"] == report["summary"]
+
+
+def test_reader_decodes_states_memberships_and_pages(corp):
+    config = parse_config(yaml.safe_load(corp.config.read_text()), base_dir=corp.tmp)
+    reader = LdapReader(config.directories[0], resolve_password(config.directories[0]))
+    entries = {e.name: e for e in reader.read()}
+    n, t = corp.n, corp.tag
+    assert entries[n["dave"]].disabled and not entries[n["alice"]].disabled
+    assert entries[n["erin"]].account_expires < datetime.now(timezone.utc)
+    assert entries[n["alice"]].mail == f"{n['alice']}@example.com"
+    assert entries[n["alice"]].when_created is not None
+    staff = entries[f"staff-{t}"]
+    assert corp.dn["bob"].lower() in [m.lower() for m in staff.members] and staff.gid_number is not None
+    assert entries[n["carol"]].primary_group_id == entries[f"GG-Primary-{t}"].gid_number
+    assert corp.dn["alice"] in entries[f"GG-Staff-{t}"].members
+    guid = entries[n["alice"]].guid
+    assert guid == guid.lower() and len(guid) == 36
+    assert entries[f"KIOSK1-{t.upper()}"].kind == "computer"
+    assert reader.stats.pages > reader.stats.searches  # page_size 5: several pages per search
+
+
+def test_untrusted_certificate_is_refused_and_nothing_changes(corp):
+    cal_agent(corp.config, "sync", check=True)
+    corp.write_config(tls={"verify": True})  # no ca_file: the test CA is not trusted by the system
+    try:
+        proc = cal_agent(corp.config, "sync")
+        assert proc.returncode == 3, proc.stderr
+        assert "certificate verify failed" in proc.stderr and "tls.ca_file" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        corp.write_config()
+
+
+def test_wrong_password_is_a_clear_error(corp):
+    (corp.tmp / "wrong").write_text("not-the-password")
+    (corp.tmp / "wrong").chmod(0o600)
+    corp.write_config(password_file="wrong")
+    try:
+        proc = cal_agent(corp.config, "test-connection")
+        assert proc.returncode == 3
+        assert "invalid credentials" in proc.stdout + proc.stderr
+        assert "not-the-password" not in proc.stdout + proc.stderr
+    finally:
+        corp.write_config()
+
+
+def test_test_connection_reports_verified_tls_and_identity(corp):
+    proc = cal_agent(corp.config, "test-connection", check=True)
+    assert "corp: OK" in proc.stdout and "certificate_verified: True" in proc.stdout
+    assert "paged_results: True" in proc.stdout
+    assert corp.ldap.reader_password not in proc.stdout + proc.stderr
+
+
+def test_starttls_url_works_with_verification(corp):
+    corp.write_config(url=corp.ldap.starttls_url)
+    try:
+        proc = cal_agent(corp.config, "test-connection", check=True)
+        assert "tls: starttls" in proc.stdout
+    finally:
+        corp.write_config()
+
+
+def test_debug_logs_show_reproducible_queries_without_password(corp):
+    proc = cal_agent(corp.config, "--log-level", "debug", "--log-format", "json", "sync", check=True)
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    queries = [line["query"] for line in lines if line.get("event") == "ldap.search"]
+    assert any(f"ldapsearch -H {corp.ldap.url}" in q and "-W" in q and "pr=5/noprompt" in q
+               and "entryUUID" in q for q in queries)
+    assert corp.ldap.reader_password not in proc.stderr + proc.stdout
+
+
+def test_test_connection_names_a_wrong_base_dn(corp):
+    corp.write_config(base_dn=f"ou=nowhere-{corp.tag},{corp.ldap.base_dn}")
+    try:
+        proc = cal_agent(corp.config, "test-connection")
+        assert proc.returncode == 3
+        assert f"base_dn 'ou=nowhere-{corp.tag},{corp.ldap.base_dn}' cannot be read" in proc.stdout
+    finally:
+        corp.write_config()
