@@ -218,7 +218,17 @@ class LdapConfig(SecretSource):
     timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     attributes: LdapAttributes = LdapAttributes()
 
-    _url = field_validator("url")(lambda cls, v: ActiveDirectoryConfig._ldap_url.__func__(cls, v))
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "ldapi":
+            # A Unix socket on this machine: ldapi://%2Frun%2Fslapd%2Fldapi (the path percent-encoded).
+            if not parts.netloc or "%2f" not in parts.netloc.lower() or parts.path not in ("", "/"):
+                raise ValueError(f"an ldapi:// URL names the socket path percent-encoded, e.g. "
+                                 f"ldapi://%2Frun%2Fslapd%2Fldapi, got {value!r}")
+            return value
+        return ActiveDirectoryConfig._ldap_url.__func__(cls, value)
 
     @model_validator(mode="after")
     def _one_secret(self) -> "LdapConfig":

@@ -256,6 +256,16 @@ def test_starttls_url_works_with_verification(corp):
         corp.write_config()
 
 
+def test_ldapi_socket_url_works_without_tls(corp):
+    corp.write_config(url=corp.ldap.ldapi_url, tls={"verify": True})
+    try:
+        proc = cal_agent(corp.config, "test-connection", check=True)
+        assert "tls: ldapi (local socket)" in proc.stdout
+        cal_agent(corp.config, "sync", check=True)
+    finally:
+        corp.write_config()
+
+
 def test_debug_logs_show_reproducible_queries_without_password(corp):
     proc = cal_agent(corp.config, "--log-level", "debug", "--log-format", "json", "sync", check=True)
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]

@@ -125,6 +125,9 @@ def test_ldap_config_defaults_and_errors():
         _ldap_config(attributes={"user_filter": "objectClass=person"})
     with pytest.raises(ConfigError, match=r"directories\[0\]\.url"):
         _ldap_config(url="http://ldap.example.com")
+    assert _ldap_config(url="ldapi://%2Frun%2Fslapd%2Fldapi").directories[0].url == "ldapi://%2Frun%2Fslapd%2Fldapi"
+    with pytest.raises(ConfigError, match="percent-encoded"):
+        _ldap_config(url="ldapi:///run/slapd/ldapi")
     with pytest.raises(ConfigError, match="exactly one of password_env"):
         _ldap_config(password_file="x")
     with pytest.raises(ConfigError, match=r"unknown type 'nis': use active_directory, ldap or ldif"):

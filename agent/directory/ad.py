@@ -57,7 +57,8 @@ class ActiveDirectoryReader:
         parts = urlsplit(config.url)
         self.host = parts.hostname or ""
         self.use_ssl = parts.scheme == "ldaps"
-        self.port = parts.port or (636 if self.use_ssl else 389)
+        self.ipc = parts.scheme == "ldapi"  # generic LDAP only: a local Unix socket, no TLS needed
+        self.port = None if self.ipc else (parts.port or (636 if self.use_ssl else 389))
         self.root_dse: dict[str, str] = {}
 
     def describe(self) -> str:
@@ -81,7 +82,8 @@ class ActiveDirectoryReader:
         )
 
     def connect(self) -> ldap3.Connection:
-        server = ldap3.Server(
+        server = ldap3.Server(self.config.url, get_info=ldap3.NONE, connect_timeout=self.config.timeout) \
+            if self.ipc else ldap3.Server(
             self.host,
             port=self.port,
             use_ssl=self.use_ssl,
@@ -104,7 +106,7 @@ class ActiveDirectoryReader:
         where = f"{self.config.url} (directory {self.config.name!r})"
         try:
             conn.open()
-            if not self.use_ssl:
+            if not self.use_ssl and not self.ipc:
                 conn.start_tls()
             conn.bind()
         except ldap_exc.LDAPInvalidCredentialsResult:
@@ -341,7 +343,7 @@ class ActiveDirectoryReader:
         # ldapsearch prompt for the password, which is never logged.
         args = ["ldapsearch", "-H", self.config.url, "-x", "-D", self.config.bind_dn, "-W",
                 "-b", base, "-s", scope]
-        if not self.use_ssl:
+        if not self.use_ssl and not self.ipc:
             args.insert(1, "-ZZ")
         if scope != "base":
             args += ["-E", f"pr={self.config.page_size}/noprompt"]

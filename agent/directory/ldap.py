@@ -83,8 +83,8 @@ class LdapReader(ActiveDirectoryReader):
                 "base_dn": self.config.base_dn,
                 "naming_contexts": ", ".join(root.get("namingcontexts", [])),
                 "paged_results": PAGED_RESULTS_OID in controls,
-                "tls": "ldaps" if self.use_ssl else "starttls",
-                "certificate_verified": self.config.tls.verify,
+                "tls": "ldapi (local socket)" if self.ipc else "ldaps" if self.use_ssl else "starttls",
+                "certificate_verified": self.config.tls.verify and not self.ipc,
             }
         except ldap_exc.LDAPException as exc:
             raise DirectoryError(f"{self.config.url}: cannot read the root DSE: {_ldap_reason(exc)}") from None

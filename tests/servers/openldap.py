@@ -2,7 +2,7 @@
 
 `OpenLdapServer.start()` writes a cn=config LDIF, loads it with `slapadd -n0` into a slapd.d in a
 temp directory, and runs slapd in the foreground on free ports: LDAPS (a certificate from the test
-CA, for localhost / 127.0.0.1) and plain LDAP for StartTLS.  One mdb database `dc=example,dc=com`
+CA, for localhost / 127.0.0.1) and plain LDAP for StartTLS, plus an ldapi:// socket in the temp dir.  One mdb database `dc=example,dc=com`
 with:
 - the ppolicy overlay when the module is installed (pwdAccountLockedTime is then its operational
   attribute), else just that attribute defined in a small schema;
@@ -73,6 +73,12 @@ class OpenLdapServer:
     def starttls_url(self) -> str:
         return f"ldap://localhost:{self.ldap_port}"
 
+    @property
+    def ldapi_url(self) -> str:
+        from urllib.parse import quote
+
+        return "ldapi://" + quote(str(self.workdir / "ldapi"), safe="")
+
     @staticmethod
     def missing_software() -> str | None:
         for program in ("slapd", "slapadd"):
@@ -113,7 +119,7 @@ class OpenLdapServer:
         self._log_handle = open(self.log_file, "ab")
         self._process = subprocess.Popen(
             [find_program("slapd"), "-d", "0", "-F", str(self.workdir / "slapd.d"),
-             "-h", f"ldaps://127.0.0.1:{self.ldaps_port}/ ldap://127.0.0.1:{self.ldap_port}/"],
+             "-h", f"ldaps://127.0.0.1:{self.ldaps_port}/ ldap://127.0.0.1:{self.ldap_port}/ {self.ldapi_url}/"],
             stdin=subprocess.DEVNULL, stdout=self._log_handle, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
