@@ -97,8 +97,9 @@ def test_connection(config_path, directory):
 @click.option("--directory", "-d", help="Only this directory (its `name`).")
 @click.option("--accept-departures", is_flag=True,
               help="Apply a sync that the accidental-departure guard held (the departures are real).")
+@click.option("--full", is_flag=True, help="A complete read, even where an incremental one would do (AD).")
 @_config_option
-def sync(config_path, directory, accept_departures):
+def sync(config_path, directory, accept_departures, full):
     """Read users, groups and computers into the store (one transaction per directory)."""
     from agent import engine
 
@@ -108,13 +109,15 @@ def sync(config_path, directory, accept_departures):
     store = engine.open_store(config)
     with store_lock(store):
         outcomes, failures = engine.sync_directories(config, store, only=directory,
-                                                     accept_departures=accept_departures, progress=_progress())
+                                                     accept_departures=accept_departures, progress=_progress(),
+                                                     full=full)
     if sys.stderr.isatty():
         click.echo("\r\033[K", nl=False, err=True)
     for o in outcomes:
         changes = ", ".join(f"{k} {v}" for k, v in sorted(o.events.items())) or "no changes"
+        how = f" ({o.mode}: {o.read} changed entries read)" if o.mode == "incremental" else ""
         click.echo(f"{o.directory}: {o.users} users, {o.groups} groups, {o.computers} computers, "
-                   f"{o.tombstones} deleted; {changes}")
+                   f"{o.tombstones} deleted; {changes}{how}")
     _report_failures(failures)
 
 

@@ -103,6 +103,23 @@ class DatabaseConfig(Strict):
         return value
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: str) -> int:
+    match = _DURATION_RE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration such as 30m, 1h or 1d, got {value!r}")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _check_duration(value: Any) -> Any:
+    if value is not None:
+        duration_seconds(value)
+    return value
+
+
 class TlsConfig(Strict):
     ca_file: ConfigPath | None = None  # PEM bundle of the CA that signed the DCs' certificates
     verify: bool = True  # certificate verification; only for labs, logged loudly when off
@@ -131,6 +148,10 @@ class ActiveDirectoryConfig(SecretSource):
     range_size: Annotated[int, Field(ge=10, le=5000)] = 1000  # values per ranged `member` read
     timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0  # seconds, connect and each receive
     read_deleted: bool = True  # read tombstones (Show Deleted) so deletions are known as such
+    # Incremental sync (uSNChanged > the stored watermark of the same DC), with a full read at least
+    # every `full_sync_every` and whenever the watermark cannot be trusted (docs/directory.md).
+    incremental: bool = True
+    full_sync_every: Annotated[str, AfterValidator(_check_duration)] = "24h"
 
     @field_validator("url")
     @classmethod
@@ -294,23 +315,6 @@ class PoliciesConfig(Strict):
 class ReportsConfig(Strict):
     directory: ConfigPath = Path(DEFAULT_REPORTS_DIR)
     keep_days: Annotated[int, Field(ge=1)] | None = 400  # None: keep every run
-
-
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration_seconds(value: str) -> int:
-    match = _DURATION_RE.match(str(value))
-    if not match:
-        raise ValueError(f"expected a duration such as 30m, 1h or 1d, got {value!r}")
-    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def _check_duration(value: Any) -> Any:
-    if value is not None:
-        duration_seconds(value)
-    return value
 
 
 def _check_cron(value: Any) -> Any:

@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select
 
 from agent.compliance.model import DirectoryView, Principal as RulePrincipal, Reconciliation, RdsPerUserCal
 from agent.compliance.reconcile import reconcile
-from agent.config import ActiveDirectoryConfig, Config, LdapConfig, LdifConfig
+from agent.config import ActiveDirectoryConfig, Config, LdapConfig, LdifConfig, duration_seconds
 from agent.directory import make_reader
 from agent.errors import CalAgentError, InventoryError, NoDataError, StoreError
 from agent.inventory.ledger import Ledger
@@ -47,8 +47,9 @@ def open_store(config: Config) -> Store:
 
 
 def sync_directories(config: Config, store: Store, only: str | None = None, *, accept_departures: bool = False,
-                     progress: Any = None) -> tuple[list[SyncOutcome], list[SyncFailure]]:
-    """Sync every configured directory (or one).  A failure of one does not stop the others."""
+                     progress: Any = None, full: bool = False) -> tuple[list[SyncOutcome], list[SyncFailure]]:
+    """Sync every configured directory (or one).  A failure of one does not stop the others.
+    AD directories are read incrementally when they can be (``full``: always a complete read)."""
     outcomes, failures = [], []
     targets = [d for d in config.directories if only is None or d.name == only]
     if only is not None and not targets:
@@ -59,9 +60,12 @@ def sync_directories(config: Config, store: Store, only: str | None = None, *, a
         judge_at = directory.as_of if isinstance(directory, LdifConfig) else None
         try:
             reader = make_reader(directory)
+            incremental = isinstance(directory, ActiveDirectoryConfig) and directory.incremental
+            every = duration_seconds(directory.full_sync_every) if isinstance(directory, ActiveDirectoryConfig) else None
             outcomes.append(run_sync(store, directory.name, reader, inactive_after_days=directory.inactive_after_days,
                                      judge_at=judge_at, max_departures=directory.max_departures,
-                                     accept_departures=accept_departures,
+                                     accept_departures=accept_departures, incremental=incremental,
+                                     full_sync_every=every, force_full=full,
                                      progress=(lambda n, name=directory.name: progress(name, n)) if progress else None))
         except StoreError:
             raise
@@ -114,7 +118,7 @@ def _sync_dict(sync: SyncRun | None) -> dict[str, Any] | None:
     return {"id": sync.id, "status": sync.status, "started_at": iso(sync.started_at),
             "finished_at": iso(sync.finished_at), "users": sync.users, "groups": sync.groups,
             "computers": sync.computers, "tombstones": sync.tombstones, "changes": sync.changes,
-            "error": sync.error}
+            "error": sync.error, "mode": sync.mode, "reason": sync.reason}
 
 
 @dataclass

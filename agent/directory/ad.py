@@ -19,7 +19,9 @@ import math
 import re
 import shlex
 import ssl
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,10 +48,31 @@ SHOW_DELETED_OID = "1.2.840.113556.1.4.417"
 _RANGE_RE = re.compile(r"^(?P<attr>[^;]+);range=(?P<low>\d+)-(?P<high>\d+|\*)$", re.IGNORECASE)
 _MAX_RANGE_ROUNDS = 100_000  # a server that never says "*" must not loop us forever
 
+DEFAULT_TOMBSTONE_LIFETIME_DAYS = 60  # when tombstoneLifetime is unset (MS-ADTS 6.1.1.2.4.1.1)
+
 log = structlog.get_logger("agent.directory.ad")
 
 
+@dataclass(frozen=True, slots=True)
+class DcIdentity:
+    """The DC a read went to, read at the start of the read (before any search): what an
+    incremental sync must check against its watermark (docs/directory.md "Incremental sync")."""
+
+    host: str  # rootDSE dnsHostName
+    invocation_id: str | None  # invocationId of the DC's nTDSDSA object (rootDSE dsServiceName); None if unreadable
+    highest_usn: int  # rootDSE highestCommittedUSN, read before the searches
+    tombstone_lifetime_days: int  # CN=Directory Service,CN=Windows NT,CN=Services,<config NC>; 60 when unset
+    naming_context: str  # defaultNamingContext
+
+
+# A change-read decision: given the DC, the USN to read changes from (uSNChanged >= it), or None
+# for a complete read.
+ChangeSince = Callable[[DcIdentity], "int | None"]
+
+
 class ActiveDirectoryReader:
+    supports_incremental = True  # read(since=...) can read only what changed (AD's uSNChanged)
+
     def __init__(self, config: ActiveDirectoryConfig, password: SecretStr) -> None:
         self.config = config
         self._password = password
@@ -60,6 +83,10 @@ class ActiveDirectoryReader:
         self.ipc = parts.scheme == "ldapi"  # generic LDAP only: a local Unix socket, no TLS needed
         self.port = None if self.ipc else (parts.port or (636 if self.use_ssl else 389))
         self.root_dse: dict[str, str] = {}
+        self.dc: DcIdentity | None = None  # the DC of the last read (AD)
+        self.incremental_from: int | None = None  # the USN the last read started from; None: a complete read
+        self.out_of_scope: set[str] = set()  # incremental: GUIDs of changed objects now outside base_dn
+        self.tombstones_unreadable = False  # the last read could not list CN=Deleted Objects
 
     def describe(self) -> str:
         return f"{self.config.url} as {self.config.bind_dn}"
@@ -173,17 +200,40 @@ class ActiveDirectoryReader:
         finally:
             conn.unbind()
 
-    def read(self) -> Iterator[DirectoryEntry]:
-        """Stream every user, group and computer under base_dn, then tombstones."""
+    def read(self, *, since: ChangeSince | None = None) -> Iterator[DirectoryEntry]:
+        """Stream every user, group and computer under base_dn, then tombstones.
+
+        With ``since``: after reading the root DSE and the DC's identity (``self.dc``), ``since(dc)``
+        gives the USN to read changes from, and only objects and tombstones with
+        ``uSNChanged >= it`` are read (an incremental read), or None for a complete read."""
         counts = {kind: 0 for kind in EntryKind}
         tombstones = searches = pages = 0
+        self.incremental_from = None
+        self.out_of_scope = set()
+        self.tombstones_unreadable = False
         conn = self.connect()
         try:
             self.root_dse = self._read_root_dse(conn)
             searches += 1
-            for dn, raw, page_count in self._paged_search(conn, self.config.base_dn, AD_PRINCIPAL_FILTER,
-                                                          AD_ATTRIBUTES):
+            self.dc = self._read_dc_identity(conn)
+            searches += 2
+            usn = since(self.dc) if since is not None else None
+            self.incremental_from = usn
+            base, principal_filter, tombstone_filter = self.config.base_dn, AD_PRINCIPAL_FILTER, AD_TOMBSTONE_FILTER
+            if usn is not None:
+                # Changes are read from the whole naming context and filtered here, so that an object
+                # moved out of base_dn is noticed (a complete read would no longer return it).
+                if decode.dn_is_under(self.config.base_dn, self.dc.naming_context):
+                    base = self.dc.naming_context
+                principal_filter = f"(&(uSNChanged>={usn}){AD_PRINCIPAL_FILTER})"
+                tombstone_filter = f"(&(isDeleted=TRUE)(uSNChanged>={usn})(|(objectClass=user)(objectClass=group)))"
+            for dn, raw, page_count in self._paged_search(conn, base, principal_filter, AD_ATTRIBUTES):
                 pages = max(pages, page_count)
+                if base != self.config.base_dn and not decode.dn_is_under(dn, self.config.base_dn):
+                    guid = raw.get("objectGUID") or raw.get("objectguid")
+                    if guid:
+                        self.out_of_scope.add(str(uuid.UUID(bytes_le=bytes(guid[0]))))
+                    continue
                 raw = self._complete_ranges(conn, dn, raw)
                 entry = self._entry(dn, raw)
                 if entry is None or entry.deleted:
@@ -191,7 +241,7 @@ class ActiveDirectoryReader:
                 counts[entry.kind] += 1
                 yield entry
             if self.config.read_deleted:
-                for entry in self._read_tombstones(conn):
+                for entry in self._read_tombstones(conn, tombstone_filter):
                     tombstones += 1
                     yield entry
                 searches += 1
@@ -249,7 +299,8 @@ class ActiveDirectoryReader:
             ) from None
 
     def _read_root_dse(self, conn: ldap3.Connection) -> dict[str, str]:
-        attrs = ["defaultNamingContext", "highestCommittedUSN", "dsServiceName", "dnsHostName"]
+        attrs = ["defaultNamingContext", "configurationNamingContext", "highestCommittedUSN", "dsServiceName",
+                 "dnsHostName"]
         self._log_search("", "(objectClass=*)", attrs, scope="base")
         conn.search("", "(objectClass=*)", ldap3.BASE, attributes=attrs)
         out: dict[str, str] = {}
@@ -259,6 +310,47 @@ class ActiveDirectoryReader:
                     if values:
                         out[name] = decode.text(values[0]) or ""
         return out
+
+    def _read_dc_identity(self, conn: ldap3.Connection) -> DcIdentity:
+        """invocationId of the DC's nTDSDSA object and the forest's tombstoneLifetime (two base
+        searches); the root DSE must have been read."""
+        root = self.root_dse
+        invocation_id = None
+        service = root.get("dsServiceName")
+        if service:
+            raw = self._base_read(conn, service, ["invocationId"])
+            value = raw.get("invocationId") or []
+            if value and len(value[0]) == 16:
+                invocation_id = str(uuid.UUID(bytes_le=bytes(value[0])))
+        lifetime = DEFAULT_TOMBSTONE_LIFETIME_DAYS
+        config_nc = root.get("configurationNamingContext")
+        if config_nc:
+            raw = self._base_read(conn, f"CN=Directory Service,CN=Windows NT,CN=Services,{config_nc}",
+                                  ["tombstoneLifetime"])
+            value = raw.get("tombstoneLifetime") or []
+            try:
+                lifetime = int(decode.text(value[0]) or "") if value else lifetime
+            except ValueError:
+                pass
+        try:
+            usn = int(root.get("highestCommittedUSN") or "0")
+        except ValueError:
+            usn = 0
+        return DcIdentity(host=(root.get("dnsHostName") or self.host).lower(), invocation_id=invocation_id,
+                          highest_usn=usn, tombstone_lifetime_days=lifetime,
+                          naming_context=root.get("defaultNamingContext") or self.config.base_dn)
+
+    def _base_read(self, conn: ldap3.Connection, dn: str, attrs: list[str]) -> dict[str, list[bytes]]:
+        """One entry's raw attributes; {} when it does not exist or cannot be read."""
+        self._log_search(dn, "(objectClass=*)", attrs, scope="base")
+        try:
+            conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=attrs)
+        except (ldap_exc.LDAPNoSuchObjectResult, ldap_exc.LDAPInsufficientAccessRightsResult):
+            return {}
+        for item in conn.response or []:
+            if item.get("type") == "searchResEntry":
+                return {name: list(values) for name, values in item["raw_attributes"].items()}
+        return {}
 
     def _paged_search(self, conn: ldap3.Connection, base: str, search_filter: str, attributes, *,
                       scope=ldap3.SUBTREE, controls=None) -> Iterator[tuple[str, dict[str, list[bytes]], int]]:
@@ -313,22 +405,32 @@ class ActiveDirectoryReader:
             out.setdefault(attr, []).extend(values)
         return out
 
-    def _read_tombstones(self, conn: ldap3.Connection) -> Iterator[DirectoryEntry]:
+    def _read_tombstones(self, conn: ldap3.Connection,
+                         search_filter: str = AD_TOMBSTONE_FILTER) -> Iterator[DirectoryEntry]:
         naming_context = self.root_dse.get("defaultNamingContext") or self.config.base_dn
         base = f"CN=Deleted Objects,{naming_context}"
         try:
-            for dn, raw, _page in self._paged_search(conn, base, AD_TOMBSTONE_FILTER, AD_TOMBSTONE_ATTRIBUTES,
+            seen = 0
+            for dn, raw, _page in self._paged_search(conn, base, search_filter, AD_TOMBSTONE_ATTRIBUTES,
                                                      scope=ldap3.LEVEL,
                                                      controls=[(SHOW_DELETED_OID, True, None)]):
+                seen += 1
                 parent = tombstone_parent(raw)
                 if parent and not decode.dn_is_under(parent, self.config.base_dn):
                     continue
                 entry = self._entry(dn, raw)
                 if entry is not None:
                     yield entry
+            if not seen and not self._deleted_objects_readable(conn, base):
+                # Samba (and AD) answer an account without the right with an empty list, not an
+                # error: the container's own isDeleted is unreadable to it too.
+                raise ldap_exc.LDAPInsufficientAccessRightsResult(
+                    result=50, description="insufficientAccessRights",
+                    message="CN=Deleted Objects is not readable (its isDeleted is hidden)")
         except (ldap_exc.LDAPNoSuchObjectResult, ldap_exc.LDAPInsufficientAccessRightsResult) as exc:
             # By default only administrators may list CN=Deleted Objects in AD.  Without that
             # right deletions still show up, as "missing" after a complete read.
+            self.tombstones_unreadable = True
             log.warning(
                 "ldap.tombstones_unreadable",
                 directory=self.config.name,
@@ -336,6 +438,16 @@ class ActiveDirectoryReader:
                 error=_ldap_reason(exc),
                 consequence="deleted principals will be reported as missing instead of deleted",
             )
+
+    def _deleted_objects_readable(self, conn: ldap3.Connection, base: str) -> bool:
+        self._log_search(base, "(objectClass=*)", ["isDeleted"], scope="base", show_deleted=True)
+        conn.search(base, "(objectClass=*)", ldap3.BASE, attributes=["isDeleted"],
+                    controls=[(SHOW_DELETED_OID, True, None)])
+        for item in conn.response or []:
+            if item.get("type") == "searchResEntry":
+                values = item["raw_attributes"].get("isDeleted") or []
+                return bool(values) and bytes(values[0]).upper() == b"TRUE"
+        return False
 
     def _log_search(self, base: str, search_filter: str, attributes, *, scope: str,
                     show_deleted: bool = False) -> None:

@@ -31,6 +31,7 @@ log = structlog.get_logger("agent.directory.ldap")
 
 class LdapReader(ActiveDirectoryReader):
     config: LdapConfig
+    supports_incremental = False  # no uSNChanged: every sync is a complete read
 
     def __init__(self, config: LdapConfig, password: SecretStr) -> None:
         super().__init__(config, password)  # type: ignore[arg-type]  (same connection settings)

@@ -85,6 +85,28 @@ class SyncRun(Base):
     tombstones: Mapped[int] = mapped_column(Integer, default=0)
     changes: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # full: a complete read (may mark principals missing); incremental: only what changed since the
+    # directory's watermark (docs/directory.md "Incremental sync").  ``reason``: why this mode.
+    mode: Mapped[str] = mapped_column(String(16), default="full", server_default="full")
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class DirectoryWatermark(Base):
+    """Where the next incremental sync of an AD directory starts: the DC that was read (its
+    dnsHostName and invocationId) and its highestCommittedUSN read before the last successful
+    sync's search.  Written in the same transaction as that sync."""
+
+    __tablename__ = "directory_watermarks"
+
+    directory: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dc_host: Mapped[str] = mapped_column(Text)
+    invocation_id: Mapped[str] = mapped_column(String(36))
+    highest_usn: Mapped[int] = mapped_column(BigInteger)
+    base_dn: Mapped[str] = mapped_column(Text)
+    bind_dn: Mapped[str] = mapped_column(Text)  # another account may see other objects
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the last successful sync (full or incremental)
+    full_sync_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the last successful full sync
+    tombstone_lifetime_days: Mapped[int] = mapped_column(Integer)
 
 
 class Principal(Base):

@@ -1,8 +1,13 @@
-"""Apply a complete directory read to the store, in one transaction.
+"""Apply a directory read to the store, in one transaction.
 
 The read is consumed entirely *before* the write transaction opens: if the directory fails half
 way, the store is not touched and the sync is recorded as failed.  Only a complete read may turn
 principals that were not seen into ``missing``.
+
+An AD directory is read incrementally when its watermark (``DirectoryWatermark``: the DC, its
+invocationId and the highestCommittedUSN read before the last successful read) can be trusted:
+only objects and tombstones with a higher ``uSNChanged`` are read and applied; everything else
+keeps its stored values (``choose_mode`` says when a complete read is made instead, and why).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import structlog
 from sqlalchemy import delete, select
@@ -21,7 +26,7 @@ from agent.directory import decode
 from agent.directory.records import DirectoryEntry, EntryKind, RdsLicense
 from agent.errors import CalAgentError, DirectoryError
 from agent.store.db import Store
-from agent.store.models import Membership, Principal, PrincipalEvent, PrincipalState, SyncRun
+from agent.store.models import DirectoryWatermark, Membership, Principal, PrincipalEvent, PrincipalState, SyncRun
 
 log = structlog.get_logger("agent.sync")
 
@@ -56,6 +61,9 @@ class SyncOutcome:
     tombstones: int = 0
     events: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    mode: str = "full"  # full | incremental
+    reason: str | None = None  # why this mode (a full sync's cause, or the USN an incremental read from)
+    read: int = 0  # entries read from the directory (an incremental read: only the changed ones)
 
     @property
     def changes(self) -> int:
@@ -80,43 +88,149 @@ class DeparturesHeld(DirectoryError):
     """A sync would mark too many principals departed: held, nothing changed (accidental-departure guard)."""
 
 
+@dataclass
+class ModeChoice:
+    usn: int | None = None  # incremental from this USN (uSNChanged >= usn); None: a full read
+    reason: str | None = None
+
+
+def choose_mode(watermark: DirectoryWatermark | None, dc, *, now: datetime, base_dn: str, bind_dn: str,
+                full_sync_every: int | None, read_deleted: bool = True) -> ModeChoice:
+    """Incremental from the watermark, or a full read and why (docs/directory.md "Incremental sync")."""
+    if watermark is None:
+        return ModeChoice(None, "no watermark yet (first sync of this directory)")
+    if not read_deleted:
+        return ModeChoice(None, "read_deleted: false: only a complete read sees deletions")
+    if decode.dn_key(watermark.base_dn) != decode.dn_key(base_dn):
+        return ModeChoice(None, f"base_dn changed (was {watermark.base_dn})")
+    if watermark.bind_dn.lower() != bind_dn.lower():
+        return ModeChoice(None, f"bind_dn changed (was {watermark.bind_dn}): another account may see other objects")
+    if dc.host != watermark.dc_host:
+        return ModeChoice(None, f"a different DC: {dc.host} (the watermark is {watermark.dc_host}'s; USNs are per DC)")
+    if dc.invocation_id is None:
+        return ModeChoice(None, f"the invocationId of {dc.host} cannot be read, so a restore cannot be detected")
+    if dc.invocation_id != watermark.invocation_id:
+        return ModeChoice(None, f"invocationId of {dc.host} changed from {watermark.invocation_id} to "
+                                f"{dc.invocation_id} (DC restored from a backup or rebuilt)")
+    lifetime = min(dc.tombstone_lifetime_days, watermark.tombstone_lifetime_days)
+    if now - watermark.synced_at >= timedelta(days=lifetime):
+        return ModeChoice(None, f"the watermark ({watermark.synced_at.isoformat()}) is older than the tombstone "
+                                f"lifetime ({lifetime} days): deletions may have left no trace")
+    if watermark.highest_usn > dc.highest_usn:
+        return ModeChoice(None, f"the stored USN {watermark.highest_usn} is above {dc.host}'s highestCommittedUSN "
+                                f"{dc.highest_usn} (DC re-initialised or restored)")
+    if full_sync_every is not None and now - watermark.full_sync_at >= timedelta(seconds=full_sync_every):
+        return ModeChoice(None, f"full_sync_every elapsed (last full sync {watermark.full_sync_at.isoformat()})")
+    return ModeChoice(watermark.highest_usn + 1, f"changes since USN {watermark.highest_usn} on {dc.host}")
+
+
 def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
              judge_at: datetime | None = None, now: datetime | None = None, max_departures: int | None = None,
-             accept_departures: bool = False, progress: Callable[[int], None] | None = None) -> SyncOutcome:
-    """Read ``reader`` completely and apply it.  Raises the reader's error after recording it."""
+             accept_departures: bool = False, progress: Callable[[int], None] | None = None,
+             incremental: bool = False, full_sync_every: int | None = None, force_full: bool = False) -> SyncOutcome:
+    """Read ``reader`` (completely, or only what changed) and apply it.  Raises the reader's error
+    after recording it.  ``incremental``: allow an incremental read when the reader supports it and
+    the watermark can be trusted; ``force_full``: a complete read whatever the watermark says."""
     now = now or datetime.now(timezone.utc)
     judge_at = judge_at or now
+    tracks_usn = bool(getattr(reader, "supports_incremental", False))
     with store.session() as session:
-        sync = SyncRun(directory=directory, started_at=now, status="running", source=reader.describe())
+        sync = SyncRun(directory=directory, started_at=now, status="running", source=reader.describe(), mode="full")
         session.add(sync)
         session.flush()
         sync_id = sync.id
+        watermark = session.get(DirectoryWatermark, directory) if tracks_usn else None
+        if watermark is not None:
+            session.expunge(watermark)
     log.info("sync.started", directory=directory, source=reader.describe())
-    try:
-        entries: dict[str, DirectoryEntry] = {}
-        for count, entry in enumerate(reader.read(), start=1):
-            if progress is not None and count % 1000 == 0:
-                progress(count)
-            previous = entries.get(entry.guid)
-            # A live object wins over a tombstone with the same GUID (restored from the bin).
-            if previous is None or (previous.deleted and not entry.deleted):
-                entries[entry.guid] = entry
-    except CalAgentError as exc:
-        _finish(store, sync_id, status="failed", error=str(exc))
-        log.error("sync.failed", directory=directory, error=str(exc))
-        raise
+    choice = ModeChoice()
+    if not tracks_usn:
+        choice.reason = None
+    elif force_full:
+        choice.reason = "full sync requested (--full)"
+    elif not incremental:
+        choice.reason = "incremental: false"
+
+    def since(dc) -> int | None:
+        if tracks_usn and incremental and not force_full:
+            decided = choose_mode(watermark, dc, now=now, base_dn=reader.config.base_dn,
+                                  bind_dn=reader.config.bind_dn, full_sync_every=full_sync_every,
+                                  read_deleted=reader.config.read_deleted)
+            choice.usn, choice.reason = decided.usn, decided.reason
+        return choice.usn
+
+    for attempt in (1, 2):
+        try:
+            entries = _read_all(reader, progress, since if tracks_usn else None)
+        except CalAgentError as exc:
+            _finish(store, sync_id, status="failed", error=str(exc), mode="incremental" if choice.usn else "full",
+                    reason=choice.reason)
+            log.error("sync.failed", directory=directory, error=str(exc))
+            raise
+        mode = "incremental" if choice.usn is not None else "full"
+        if mode == "incremental" and attempt == 1:
+            left = _left_scope(store, directory, getattr(reader, "out_of_scope", set()))
+            force = None
+            if left:
+                # A complete read would no longer return them (-> missing): only a full read may say so.
+                force = f"{len(left)} principal(s) moved out of base_dn since the last sync (e.g. {sorted(left)[0]})"
+            elif getattr(reader, "tombstones_unreadable", False):
+                # Without tombstones a deletion shows only as absence from a complete read.
+                force = "the bind account cannot list CN=Deleted Objects, so only a complete read sees deletions"
+            if force:
+                choice.usn, choice.reason = None, force
+
+                def since(dc, force=force):  # noqa: F811  (the second attempt is a full read)
+                    choice.usn, choice.reason = None, force
+                    return None
+                continue
+        break
+    dc = getattr(reader, "dc", None) if tracks_usn else None
+    new_watermark = None
+    if dc is not None and dc.invocation_id is not None:
+        new_watermark = dict(dc_host=dc.host, invocation_id=dc.invocation_id, highest_usn=dc.highest_usn,
+                             base_dn=reader.config.base_dn, bind_dn=reader.config.bind_dn, synced_at=now,
+                             full_sync_at=now if mode == "full" else watermark.full_sync_at,
+                             tombstone_lifetime_days=dc.tombstone_lifetime_days)
+    log.info("sync.mode", directory=directory, mode=mode, reason=choice.reason, entries=len(entries))
     try:
         outcome = apply_entries(store, directory, sync_id, entries.values(), inactive_after_days=inactive_after_days,
                                 judge_at=judge_at, now=now, max_departures=max_departures,
-                                accept_departures=accept_departures)
+                                accept_departures=accept_departures, incremental=mode == "incremental",
+                                reason=choice.reason, watermark=new_watermark)
     except DeparturesHeld as exc:
-        _finish(store, sync_id, status="held", error=str(exc))
+        _finish(store, sync_id, status="held", error=str(exc), mode=mode, reason=choice.reason)
         log.error("sync.held", directory=directory, error=str(exc))
         raise
-    log.info("sync.finished", directory=directory, users=outcome.users, groups=outcome.groups,
+    log.info("sync.finished", directory=directory, mode=mode, reason=choice.reason, read=outcome.read,
+             users=outcome.users, groups=outcome.groups,
              computers=outcome.computers, tombstones=outcome.tombstones, changes=outcome.changes,
              **{f"events_{k}": v for k, v in outcome.events.items()})
     return outcome
+
+
+def _read_all(reader, progress, since) -> dict[str, DirectoryEntry]:
+    entries: dict[str, DirectoryEntry] = {}
+    stream = reader.read(since=since) if since is not None else reader.read()
+    for count, entry in enumerate(stream, start=1):
+        if progress is not None and count % 1000 == 0:
+            progress(count)
+        previous = entries.get(entry.guid)
+        # A live object wins over a tombstone with the same GUID (restored from the bin).
+        if previous is None or (previous.deleted and not entry.deleted):
+            entries[entry.guid] = entry
+    return entries
+
+
+def _left_scope(store: Store, directory: str, guids: set[str]) -> set[str]:
+    """Stored, not yet departed principals among objects that changed outside base_dn."""
+    if not guids:
+        return set()
+    with store.session() as session:
+        rows = session.execute(select(Principal.guid, Principal.name).where(
+            Principal.directory == directory, Principal.guid.in_(sorted(guids)),
+            Principal.state.not_in([PrincipalState.MISSING.value, PrincipalState.DELETED.value]))).all()
+    return {row.name for row in rows}
 
 
 def _finish(store: Store, sync_id: int, *, status: str, error: str | None = None, **counts: int) -> None:
@@ -131,9 +245,14 @@ def _finish(store: Store, sync_id: int, *, status: str, error: str | None = None
 
 def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[DirectoryEntry], *,
                   inactive_after_days: int, judge_at: datetime, now: datetime, max_departures: int | None = None,
-                  accept_departures: bool = True) -> SyncOutcome:
+                  accept_departures: bool = True, incremental: bool = False, reason: str | None = None,
+                  watermark: dict | None = None) -> SyncOutcome:
+    """Apply ``entries``: a complete read, or (``incremental``) only the entries that changed, the
+    other stored principals keeping their values (their state is judged again, as a complete read
+    would, since expiry and inactivity come with time).  ``watermark``: stored in the same transaction."""
     entries = list(entries)
-    outcome = SyncOutcome(directory=directory, sync_id=sync_id, status="ok")
+    outcome = SyncOutcome(directory=directory, sync_id=sync_id, status="ok",
+                          mode="incremental" if incremental else "full", reason=reason, read=len(entries))
     events: list[tuple[Principal, str, str | None, str | None]] = []
     with store.session() as session:
         existing = {p.guid: p for p in session.scalars(select(Principal).where(Principal.directory == directory))}
@@ -182,6 +301,15 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
         for guid, row in existing.items():
             if guid in seen or row.state in (PrincipalState.MISSING, PrincipalState.DELETED):
                 continue
+            if incremental:
+                # Unchanged in the directory, but expiry and inactivity come with time: judge the
+                # stored values as a complete read would judge the same values.
+                state, since = principal_state(_stored_entry(row), at=judge_at,
+                                               inactive_after_days=inactive_after_days)
+                if row.state != state.value:
+                    events.append((row, "state", row.state, state.value))
+                    row.state, row.state_since = state.value, since or judge_at
+                continue
             # Only reached after a complete read: the object is gone and left no tombstone we
             # could read (tombstone lifetime passed, or the bind account cannot list them).
             events.append((row, "state", row.state, PrincipalState.MISSING.value))
@@ -205,7 +333,10 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 hint="if a DC, filter or base_dn problem caused this, fix it; if the departures are real, run "
                 "`cal-agent sync --accept-departures` once (or raise directories[].max_departures)")
         session.flush()
-        _sync_memberships(session, directory, entries, existing)
+        if incremental:
+            _sync_memberships_incremental(session, directory, entries, existing)
+        else:
+            _sync_memberships(session, directory, entries, existing)
         for row, kind, old, new in events:
             session.add(PrincipalEvent(sync_id=sync_id, principal_id=row.id, at=now, event=kind, old=old, new=new))
             key = kind if kind != "state" else f"became_{new}"
@@ -213,9 +344,34 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
         sync = session.get(SyncRun, sync_id)
         sync.status = "ok"
         sync.finished_at = datetime.now(timezone.utc)
+        if incremental:
+            # What the directory holds now (as a complete read would count it), not what changed.
+            live = [row for row in existing.values() if row.state not in _GONE]
+            outcome.users, outcome.groups, outcome.computers = (
+                sum(1 for row in live if row.kind == kind.value)
+                for kind in (EntryKind.USER, EntryKind.GROUP, EntryKind.COMPUTER))
         sync.users, sync.groups, sync.computers = outcome.users, outcome.groups, outcome.computers
         sync.tombstones, sync.changes = outcome.tombstones, len(events)
+        sync.mode, sync.reason = outcome.mode, reason
+        if watermark is not None:
+            stored = session.get(DirectoryWatermark, directory)
+            if stored is None:
+                session.add(DirectoryWatermark(directory=directory, **watermark))
+            else:
+                for key, value in watermark.items():
+                    setattr(stored, key, value)
     return outcome
+
+
+_GONE = (PrincipalState.MISSING.value, PrincipalState.DELETED.value)
+
+
+def _stored_entry(row: Principal) -> DirectoryEntry:
+    """A stored principal as the record a read of its unchanged object would give (for judging)."""
+    return DirectoryEntry(guid=row.guid, kind=EntryKind(row.kind), dn=row.dn, name=row.name, sid=row.sid,
+                          user_account_control=row.user_account_control, account_expires=row.account_expires,
+                          last_logon=row.last_logon, pwd_last_set=row.pwd_last_set, when_created=row.when_created,
+                          primary_group_id=row.primary_group_id)
 
 
 def _copy(entry: DirectoryEntry, row: Principal) -> None:
@@ -301,6 +457,55 @@ def _sync_memberships(session, directory: str, entries: list[DirectoryEntry], ro
             session.add(Membership(group_id=key[0], member_id=key[1], via_primary=via_primary))
     if unresolved:
         log.debug("sync.unresolved_members", directory=directory, count=unresolved)
+
+
+def _sync_memberships_incremental(session, directory: str, entries: list[DirectoryEntry],
+                                  rows: dict[str, Principal]) -> None:
+    """Memberships after an incremental read: a changed group's direct members are replaced by its
+    `member` values (read in full); a changed principal's primary-group link is recomputed; links
+    of deleted principals go.  Member DNs resolve against every stored principal (as updated)."""
+    live_rows = [row for row in rows.values() if row.state not in _GONE]
+    by_dn = {decode.dn_key(row.dn): row.id for row in live_rows}
+    group_by_sid = {row.sid: row.id for row in live_rows if row.kind == EntryKind.GROUP.value and row.sid}
+    gone = {rows[e.guid].id for e in entries if e.deleted}
+    changed_groups = {rows[e.guid].id for e in entries if not e.deleted and e.kind is EntryKind.GROUP}
+    changed = {rows[e.guid].id for e in entries if not e.deleted}
+    wanted: dict[tuple[int, int], bool] = {}
+    for entry in entries:
+        if entry.deleted:
+            continue
+        if entry.kind is EntryKind.GROUP:
+            group_id = rows[entry.guid].id
+            for member_dn in entry.members:
+                member_id = by_dn.get(decode.dn_key(member_dn))
+                if member_id is not None:
+                    wanted.setdefault((group_id, member_id), False)
+        if entry.primary_group_id is not None and entry.domain_sid:
+            group_id = group_by_sid.get(f"{entry.domain_sid}-{entry.primary_group_id}")
+            if group_id is not None:
+                wanted[(group_id, rows[entry.guid].id)] = True
+    ids = [row.id for row in rows.values()]
+    current: dict[tuple[int, int], Membership] = {}
+    if ids:
+        stmt = select(Membership).join(Principal, Principal.id == Membership.group_id).where(
+            Principal.directory == directory)
+        current = {(m.group_id, m.member_id): m for m in session.scalars(stmt)}
+    for key, membership in current.items():
+        group_id, member_id = key
+        if group_id in gone or member_id in gone:
+            session.delete(membership)
+            continue
+        by_group, by_primary = group_id in changed_groups, member_id in changed
+        if key in wanted:
+            if wanted[key] and not membership.via_primary:
+                membership.via_primary = True
+            elif not wanted[key] and membership.via_primary and by_primary:
+                membership.via_primary = False  # no longer the primary group, still listed in `member`
+        elif (membership.via_primary and by_primary) or (not membership.via_primary and by_group):
+            session.delete(membership)
+    for key, via_primary in wanted.items():
+        if key not in current:
+            session.add(Membership(group_id=key[0], member_id=key[1], via_primary=via_primary))
 
 
 def forget_directory(store: Store, directory: str) -> None:
