@@ -136,7 +136,9 @@ class SecretSource(Strict):
 class ActiveDirectoryConfig(SecretSource):
     type: Literal["active_directory"]
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
-    url: str
+    url: str  # with `urls`: the first of them
+    # Failover: DCs tried in this order (ldap3 ServerPool, FIRST); another DC means a full sync.
+    urls: Annotated[list[str], Field(min_length=1)] | None = None
     base_dn: Annotated[str, Field(min_length=3)]
     bind_dn: Annotated[str, Field(min_length=1)]
     tls: TlsConfig = TlsConfig()
@@ -167,6 +169,29 @@ class ActiveDirectoryConfig(SecretSource):
             raise ValueError(f"bad port in {value!r}") from None
         if parts.path not in ("", "/"):
             raise ValueError(f"put the search base in base_dn, not in the URL: {value!r}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_or_urls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("urls") is not None:
+            if data.get("url") is not None:
+                raise ValueError("give `url` or `urls` (failover DCs), not both")
+            urls = data["urls"]
+            if isinstance(urls, list) and urls and isinstance(urls[0], str):
+                data = {**data, "url": urls[0]}
+        return data
+
+    @field_validator("urls")
+    @classmethod
+    def _ldap_urls(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        for url in value:
+            cls._ldap_url(url)
+        schemes = {urlsplit(url).scheme for url in value}
+        if len(schemes) > 1:
+            raise ValueError("all urls must use the same scheme (all ldaps://, or all ldap:// with StartTLS)")
         return value
 
     @model_validator(mode="after")

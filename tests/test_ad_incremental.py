@@ -253,3 +253,28 @@ def test_without_tombstone_rights_every_sync_is_a_complete_read(estate):
     out, _ = estate.sync()
     assert out.mode == "full" and "CN=Deleted Objects" in out.reason
     assert ("state", f"cat-{estate.tag}", "missing") in events(store, out.sync_id)
+
+
+def test_urls_fail_over_to_the_next_dc_and_a_new_dc_means_a_full_sync(estate):
+    """Only one DC runs in the tests: the first of `urls` is a port nobody listens on, so the
+    connection goes to the second.  Another DC's name in the watermark stands for the failover's
+    effect (USNs are per DC), as a second Samba DC joined to the domain is not practical here."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]  # closed again before the sync: connection refused
+    dc = estate.dc
+    scheme_host = dc.url.rsplit(":", 1)[0]
+    urls = [f"{scheme_host}:{dead}", dc.url]
+    estate.directory.pop("url")
+    estate.directory["urls"] = urls
+    first, store = estate.sync()
+    assert first.mode == "full" and first.users == 6
+    assert last_run(store).source.startswith(" ".join(urls))
+    out, _ = estate.sync()
+    assert out.mode == "incremental"
+    with store.session() as session:
+        session.execute(update(DirectoryWatermark).values(dc_host="dc2.corp.example.com"))
+    out, _ = estate.sync()
+    assert out.mode == "full" and "a different DC: dc1." in out.reason

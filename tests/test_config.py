@@ -144,7 +144,27 @@ BAD = [
     ({"rules": {"reassignment_min_days": -1}}, "rules.reassignment_min_days:"),
     ({"policies": {"reclaim": "sometimes"}}, "policies.reclaim:"),
     ({"policies": {"reclaim_after_days": -2}}, "policies.reclaim_after_days:"),
+    ({"directories": [{"name": "corp", "type": "active_directory", "url": "ldaps://dc1", "base_dn": "DC=x",
+                       "bind_dn": "a", "password_env": "X", "full_sync_every": "daily"}]},
+     "directories[0].full_sync_every:"),
+    ({"directories": [{"name": "corp", "type": "active_directory", "url": "ldaps://dc1", "urls": ["ldaps://dc2"],
+                       "base_dn": "DC=x", "bind_dn": "a", "password_env": "X"}]},
+     "directories[0]: Value error, give `url` or `urls` (failover DCs), not both"),
+    ({"directories": [{"name": "corp", "type": "active_directory", "urls": ["ldaps://dc1", "ldap://dc2"],
+                       "base_dn": "DC=x", "bind_dn": "a", "password_env": "X"}]},
+     "directories[0].urls: Value error, all urls must use the same scheme"),
 ]
+
+
+def test_urls_is_a_failover_list_whose_first_is_the_url(tmp_path):
+    data = _good()
+    directory = data["directories"][0]
+    del directory["url"]
+    directory["urls"] = ["ldaps://dc1.corp.example.com", "ldaps://dc2.corp.example.com:636"]
+    config = load_config(_write(tmp_path, data), check_files=False)
+    assert config.directories[0].url == "ldaps://dc1.corp.example.com"
+    assert config.directories[0].urls == directory["urls"]
+    assert (config.directories[0].incremental, config.directories[0].full_sync_every) == (True, "24h")
 
 
 def test_there_are_at_least_thirty_bad_configurations():

@@ -88,8 +88,13 @@ class ActiveDirectoryReader:
         self.out_of_scope: set[str] = set()  # incremental: GUIDs of changed objects now outside base_dn
         self.tombstones_unreadable = False  # the last read could not list CN=Deleted Objects
 
+    @property
+    def urls(self) -> list[str]:
+        """The DCs to try, in order (AD `urls`), or just `url`."""
+        return list(getattr(self.config, "urls", None) or [self.config.url])
+
     def describe(self) -> str:
-        return f"{self.config.url} as {self.config.bind_dn}"
+        return f"{' '.join(self.urls)} as {self.config.bind_dn}"
 
     # -- connection -----------------------------------------------------------------------
 
@@ -108,16 +113,28 @@ class ActiveDirectoryReader:
             version=ssl.PROTOCOL_TLS_CLIENT if tls.verify else ssl.PROTOCOL_TLS,
         )
 
-    def connect(self) -> ldap3.Connection:
-        server = ldap3.Server(self.config.url, get_info=ldap3.NONE, connect_timeout=self.config.timeout) \
-            if self.ipc else ldap3.Server(
-            self.host,
-            port=self.port,
+    def _server(self, url: str) -> ldap3.Server:
+        parts = urlsplit(url)
+        return ldap3.Server(
+            parts.hostname or "",
+            port=parts.port or (636 if self.use_ssl else 389),
             use_ssl=self.use_ssl,
             tls=self._tls(),
             get_info=ldap3.NONE,
             connect_timeout=self.config.timeout,
         )
+
+    def connect(self) -> ldap3.Connection:
+        if self.ipc:
+            server = ldap3.Server(self.config.url, get_info=ldap3.NONE, connect_timeout=self.config.timeout)
+        elif len(self.urls) > 1:
+            # Failover, not load balancing: the first DC that answers, always in the same order, so
+            # incremental syncs keep reading the same DC (USNs are per DC) while it is up.  active=1:
+            # one round over the DCs (ldap3's active=True retries forever when all are down).
+            server = ldap3.ServerPool([self._server(url) for url in self.urls], ldap3.FIRST, active=1,
+                                      exhaust=True)
+        else:
+            server = self._server(self.config.url)
         conn = ldap3.Connection(
             server,
             user=self.config.bind_dn,
@@ -130,7 +147,7 @@ class ActiveDirectoryReader:
             auto_referrals=False,
             return_empty_attributes=False,
         )
-        where = f"{self.config.url} (directory {self.config.name!r})"
+        where = f"{' '.join(self.urls)} (directory {self.config.name!r})"
         try:
             conn.open()
             if not self.use_ssl and not self.ipc:
@@ -158,6 +175,11 @@ class ActiveDirectoryReader:
             ) from None
         except ldap_exc.LDAPSocketReceiveError as exc:
             raise DirectoryError(f"{where} did not answer in {self.config.timeout:g}s: {exc}") from None
+        except ldap_exc.LDAPServerPoolExhaustedError:
+            raise DirectoryError(
+                f"none of the DCs in urls answered: {where}",
+                hint="check the host names, ports, firewall and that at least one DC is running",
+            ) from None
         except ldap_exc.LDAPException as exc:
             raise DirectoryError(f"cannot bind to {where}: {_ldap_reason(exc)}") from None
         return conn
@@ -453,7 +475,7 @@ class ActiveDirectoryReader:
                     show_deleted: bool = False) -> None:
         # A reproducible query for the admin: the same search with OpenLDAP's ldapsearch.  -W makes
         # ldapsearch prompt for the password, which is never logged.
-        args = ["ldapsearch", "-H", self.config.url, "-x", "-D", self.config.bind_dn, "-W",
+        args = ["ldapsearch", "-H", " ".join(self.urls), "-x", "-D", self.config.bind_dn, "-W",
                 "-b", base, "-s", scope]
         if not self.use_ssl and not self.ipc:
             args.insert(1, "-ZZ")
