@@ -223,6 +223,11 @@ def test_full_sync_is_made_when_the_watermark_cannot_be_trusted(estate):
     out, _ = estate.sync()
     assert out.mode == "full" and "moved out of base_dn" in out.reason
     assert ("state", f"ann-{estate.tag}", "missing") in events(store, out.sync_id)
+    # Moved out, then deleted between two syncs: its tombstone's lastKnownParent is outside base_dn.
+    estate.dc.delete(estate.dc.move(estate.dn["ben"], estate.dc.users_dn))
+    out, _ = estate.sync()
+    assert out.mode == "full" and "moved out of base_dn" in out.reason
+    assert ("state", f"ben-{estate.tag}", "missing") in events(store, out.sync_id)
 
 
 def test_cli_full_flag_and_the_debug_log_shows_the_incremental_search(estate):

@@ -439,6 +439,10 @@ class ActiveDirectoryReader:
                 seen += 1
                 parent = tombstone_parent(raw)
                 if parent and not decode.dn_is_under(parent, self.config.base_dn):
+                    guid = raw.get("objectGUID") or []
+                    if guid and len(guid[0]) == 16:
+                        # Moved out of base_dn, then deleted: the sync decides whether it was ours.
+                        self.out_of_scope.add(str(uuid.UUID(bytes_le=bytes(guid[0]))))
                     continue
                 entry = self._entry(dn, raw)
                 if entry is not None:
