@@ -283,3 +283,39 @@ def test_test_connection_names_a_wrong_base_dn(corp):
         assert f"base_dn 'ou=nowhere-{corp.tag},{corp.ldap.base_dn}' cannot be read" in proc.stdout
     finally:
         corp.write_config()
+
+
+def test_size_limit_exceeded_mid_read_changes_nothing(openldap, tmp_path):
+    """The server stops a paged search at its size limit (the limited reader keeps slapd's default
+    limit of 50 entries): the sync fails, names the limit, and changes nothing (issue 7)."""
+    bulk = openldap.add_ou(f"bulk-{uuid.uuid4().hex[:4]}")
+    for i in range(60):
+        openldap.add(f"cn=pc{i:02d},{bulk}", ["device"], {"cn": f"pc{i:02d}"})
+    for name, password in (("reader", openldap.reader_password), ("limited", openldap.limited_reader_password)):
+        (tmp_path / name).write_text(password)
+        (tmp_path / name).chmod(0o600)
+    (tmp_path / "inventory.yaml").write_text("purchases: []\n")
+    config = tmp_path / "config.yaml"
+
+    def write(bind_dn: str, secret: str) -> None:
+        config.write_text(yaml.safe_dump({
+            "database": {"url": "sqlite:///state.db"},
+            "directories": [{"name": "bulk", "type": "ldap", "url": openldap.url, "base_dn": bulk,
+                             "bind_dn": bind_dn, "password_file": secret, "tls": {"ca_file": str(openldap.ca_file)},
+                             "page_size": 20}],
+            "inventory": "inventory.yaml", "reports": {"directory": "reports"}}))
+
+    write(openldap.reader_dn, "reader")
+    cal_agent(config, "run", "--once", check=True)
+    before = json.loads(cal_agent(config, "report", check=True).stdout)
+    assert before["directories"][0]["last_sync"]["computers"] == 60
+    write(openldap.limited_reader_dn, "limited")
+    failed = cal_agent(config, "sync")
+    assert failed.returncode == 3, failed.stdout + failed.stderr
+    assert "bulk: sync FAILED, nothing was changed" in failed.stderr
+    assert "size limit" in failed.stderr.lower() and "Traceback" not in failed.stderr
+    cal_agent(config, "reconcile", check=True)
+    after = json.loads(cal_agent(config, "report", check=True).stdout)
+    assert after["drift"] == {"new": [], "resolved": [], "principals": []}
+    assert after["directories"][0]["last_sync"]["status"] == "failed"
+    assert after["directories"][0]["last_successful_sync"] == before["directories"][0]["last_successful_sync"]

@@ -392,6 +392,7 @@ class ActiveDirectoryReader:
                 controls=controls,
             )
             page += 1
+            _require_complete(conn, self.config.url)
             entries = 0
             for item in conn.response or []:
                 if item.get("type") != "searchResEntry":
@@ -515,6 +516,29 @@ def read_ranged_values(conn: ldap3.Connection, dn: str, attr: str, start: int, s
             return values
         low = int(got_name["high"]) + 1
     raise DirectoryError(f"ranged read of {attr} on {dn} did not end after {_MAX_RANGE_ROUNDS} rounds")
+
+
+# ldap3 does not raise for these result codes even with raise_exceptions=True: it hands back the
+# entries received so far as if the search had succeeded.  For us that is a partial read, which must
+# never reach the store (it would turn the unread part of the directory into "missing").
+_INCOMPLETE_RESULTS = {
+    3: "the server's time limit",
+    4: "the server's size limit",
+    10: "a referral to another server",
+    11: "an administrative limit",
+}
+
+
+def _require_complete(conn: ldap3.Connection, url: str) -> None:
+    code = (conn.result or {}).get("result", 0)
+    if code in (0, None):
+        return
+    reason = _INCOMPLETE_RESULTS.get(code, conn.result.get("description") or f"result code {code}")
+    message = conn.result.get("message") or conn.result.get("description") or ""
+    raise DirectoryError(
+        f"{url}: the search stopped early at {reason} ({message}); the read is incomplete and was discarded",
+        hint="let the bind account read the whole base without size or time limits (AD: MaxPageSize and the "
+        "query policy; OpenLDAP: olcLimits size.prtotal=unlimited for it), or narrow base_dn")
 
 
 _TLS_HINT = (

@@ -56,6 +56,10 @@ class OpenLdapServer:
         self.admin_password = random_password()
         self.reader_dn = f"cn=cal-reader,ou=system,{SUFFIX}"
         self.reader_password = random_password()
+        # A reader left with the server's default size limit (olcSizeLimit 50, which also caps a paged
+        # search's total): for the sizeLimitExceeded fault test.
+        self.limited_reader_dn = f"cn=cal-limited,ou=system,{SUFFIX}"
+        self.limited_reader_password = random_password()
         self.ldaps_port = self.ldap_port = 0
         self.ca_file = self.workdir / "tls" / "ca.pem"
         self.log_file = self.workdir / "slapd.log"
@@ -182,7 +186,7 @@ olcDbNoSync: TRUE
 olcDbIndex: objectClass eq
 olcLimits: {{0}}dn.exact="{self.reader_dn}" size.prtotal=unlimited
 olcAccess: {{0}}to attrs=userPassword by anonymous auth by * none
-olcAccess: {{1}}to dn.subtree="{SUFFIX}" by dn.exact="{self.reader_dn}" read by * none
+olcAccess: {{1}}to dn.subtree="{SUFFIX}" by dn.exact="{self.reader_dn}" read by dn.exact="{self.limited_reader_dn}" read by * none
 {overlay}"""
 
     def _wait_until_ready(self) -> None:
@@ -275,6 +279,9 @@ olcAccess: {{1}}to dn.subtree="{SUFFIX}" by dn.exact="{self.reader_dn}" read by 
         self.add(self.reader_dn, ["organizationalRole", "simpleSecurityObject"],
                  {"cn": "cal-reader", "userPassword": self.reader_password,
                   "description": "cal-agent: read-only"})
+        self.add(self.limited_reader_dn, ["organizationalRole", "simpleSecurityObject"],
+                 {"cn": "cal-limited", "userPassword": self.limited_reader_password,
+                  "description": "read-only, with the default size limit"})
 
     def add_ou(self, name: str, parent: str | None = None) -> str:
         return self.add(f"ou={name},{parent or SUFFIX}", ["organizationalUnit"], {"ou": name})
