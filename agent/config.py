@@ -360,6 +360,9 @@ class ScheduleConfig(Strict):
     cron: Annotated[str | None, AfterValidator(_check_cron)] = None
     jitter: Annotated[str | None, AfterValidator(_check_duration)] = "2m"  # spread agents' load on the DCs
     misfire_grace: Annotated[str, AfterValidator(_check_duration)] = "10m"
+    # After a cycle that failed (a directory unreadable, the database down), try again this soon,
+    # doubling each time, never later than the next scheduled cycle; null: wait for the schedule.
+    retry_after: Annotated[str | None, AfterValidator(_check_duration)] = "1m"
 
     @model_validator(mode="after")
     def _one_trigger(self) -> "ScheduleConfig":

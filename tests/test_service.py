@@ -196,3 +196,25 @@ def test_prometheus_endpoint_exposes_the_last_cycle(northwind, tmp_path):
     stale = sum(1 for f in report["findings"] if f["kind"] == "stale_assignment")
     assert f'cal_agent_findings{{kind="stale_assignment",severity="warning"}} {float(stale)}' in text
     assert "cal_agent_last_cycle_success 1.0" in text and "cal_agent_compliant 0.0" in text
+
+
+def test_a_failed_cycle_is_retried_with_backoff_not_an_hour_later(northwind, tmp_path):
+    config = yaml.safe_load(northwind.read_text())
+    config["schedule"] = {"interval": "1h", "jitter": None, "retry_after": "1s"}
+    northwind.write_text(yaml.safe_dump(config))
+    export = tmp_path / "northwind.ldif"
+    good = export.read_bytes()
+    export.write_text("version: 1\n\ndn CN=half-written export\n")  # the read fails
+    notify = NotifySocket(tmp_path)
+    proc = start(northwind, notify)
+    try:
+        notify.wait_for("STATUS", "last cycle failed")
+        export.write_bytes(good)
+        status = notify.wait_for("STATUS", "run 1:", timeout=30)  # retried after 1 s, 2 s, ...
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        notify.close()
+    assert "NOT COMPLIANT" in status["STATUS"]
+    events = [json.loads(line) for line in stderr_of(northwind).splitlines() if line.startswith("{")]
+    assert any(e["event"] == "cycle.retry_scheduled" and e["delay_seconds"] == 1 for e in events)

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class Daemon:
         self.last: CycleResult | None = None
         self.last_error: str | None = None
         self.cycles = 0
+        self.retries = 0
         self.scheduler = BackgroundScheduler(timezone=timezone.utc)
         self.store = engine.open_store(config)
         self.metrics = None
@@ -83,8 +84,25 @@ class Daemon:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("cycle.crashed")
             self.cycles += 1
+            self._schedule_retry(failed=self.last_error is not None or bool(self.last and self.last.failures))
             self._record_metrics()  # before STATUS=, so whoever reads the status sees the same cycle
             self._publish()
+
+    def _schedule_retry(self, *, failed: bool) -> None:
+        """Retry a failed cycle with backoff (retry_after, doubled each time) instead of waiting a
+        whole interval with stale data; a good cycle resets the backoff."""
+        if not failed or self.stop_requested.is_set() or not self.config.schedule.retry_after:
+            self.retries = 0
+            return
+        delay = duration_seconds(self.config.schedule.retry_after) * (2 ** self.retries)
+        self.retries += 1
+        when = datetime.now(timezone.utc) + timedelta(seconds=delay)
+        next_run = self._next_run()
+        if next_run is not None and next_run <= when:
+            return  # the schedule comes first anyway
+        self.scheduler.add_job(self._cycle, "date", run_date=when, id="retry", replace_existing=True,
+                               max_instances=1, misfire_grace_time=duration_seconds(self.config.schedule.misfire_grace))
+        log.info("cycle.retry_scheduled", at=_iso(when), attempt=self.retries, delay_seconds=delay)
 
     def _record_metrics(self) -> None:
         if self.metrics is None:
