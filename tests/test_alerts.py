@@ -673,3 +673,24 @@ def test_the_email_lists_at_most_a_hundred_findings_and_points_to_the_attachment
     assert all(len(line) <= 998 for line in message.email_bytes(msg).split(b"\r\n"))
     payload = message.slack_payload(alert)["text"]
     assert "u009" in payload and "u010" not in payload and "120 more" in payload
+
+
+def test_alert_secrets_appear_in_no_output_log_report_or_file(tmp_path, smtp_server, webhook_server, monkeypatch):
+    """A whole cycle at debug level with the SMTP password and the webhook URL (its token) set:
+    neither is in any output or any file the agent wrote (issue 7)."""
+    monkeypatch.setenv(WEBHOOK_ENV, webhook_server.url())
+    site = AlertSite(tmp_path, f"sqlite:///{tmp_path}/state.db", smtp_alerts(smtp_server, webhook={"url_env": WEBHOOK_ENV}))
+    outputs = []
+    for args in (("--log-level", "debug", "--log-format", "json", "run", "--once"),
+                 ("--log-level", "debug", "alert", "--test"), ("--log-level", "debug", "alert", "--flush"),
+                 ("report", "--format", "html"), ("status",), ("audit-pack", "--output", str(tmp_path / "pack"))):
+        code, out, err = cli("--config", str(site.config), *args)
+        outputs += [out, err]
+    assert smtp_server.messages and webhook_server.posts  # the channels were really used
+    secrets = [smtp_server.password, "s3cr3t-token"]
+    for secret in secrets:
+        assert all(secret not in text for text in outputs), secret
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(secret.encode() in data for secret in secrets), path
