@@ -36,6 +36,7 @@ from agent.inventory.register import (
     Transfer,
     check_evidence,
     load_inventory,
+    load_yaml,
     parse_inventory,
 )
 from agent.store.db import Store
@@ -153,9 +154,8 @@ class Ledger:
     def import_file(self, path: Path, *, update: bool = False, now: datetime | None = None) -> ImportResult:
         now = now or datetime.now(timezone.utc)
         inventory = load_inventory(path)  # every file problem, with its path, before touching anything
-        import yaml
 
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
         result = ImportResult(source=str(path))
         problems: list[str] = []
         with self.store.session() as session:

