@@ -133,7 +133,21 @@ class SecretSource(Strict):
     password_credential: str | None = None  # a systemd credential name, read from $CREDENTIALS_DIRECTORY
 
 
-class ActiveDirectoryConfig(SecretSource):
+class RequiredSecret(SecretSource):
+    """A password that must come from exactly one source (directory binds)."""
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "RequiredSecret":
+        sources = [s for s in ("password_env", "password_file", "password_credential") if getattr(self, s)]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of password_env, password_file, password_credential"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
+        return self
+
+
+class ActiveDirectoryConfig(RequiredSecret):
     type: Literal["active_directory"]
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
     url: str  # with `urls`: the first of them
@@ -194,15 +208,6 @@ class ActiveDirectoryConfig(SecretSource):
             raise ValueError("all urls must use the same scheme (all ldaps://, or all ldap:// with StartTLS)")
         return value
 
-    @model_validator(mode="after")
-    def _one_secret(self) -> "ActiveDirectoryConfig":
-        sources = [s for s in ("password_env", "password_file", "password_credential") if getattr(self, s)]
-        if len(sources) != 1:
-            raise ValueError(
-                "give exactly one of password_env, password_file, password_credential"
-                + (f" (got {', '.join(sources)})" if sources else "")
-            )
-        return self
 
 
 class LdifConfig(Strict):
@@ -249,7 +254,7 @@ class LdapAttributes(Strict):
         return value
 
 
-class LdapConfig(SecretSource):
+class LdapConfig(RequiredSecret):
     """A generic LDAP directory: OpenLDAP, 389 Directory Server, FreeIPA (docs/directory.md)."""
 
     type: Literal["ldap"]
@@ -276,15 +281,6 @@ class LdapConfig(SecretSource):
             return value
         return ActiveDirectoryConfig._ldap_url.__func__(cls, value)
 
-    @model_validator(mode="after")
-    def _one_secret(self) -> "LdapConfig":
-        sources = [s for s in ("password_env", "password_file", "password_credential") if getattr(self, s)]
-        if len(sources) != 1:
-            raise ValueError(
-                "give exactly one of password_env, password_file, password_credential"
-                + (f" (got {', '.join(sources)})" if sources else "")
-            )
-        return self
 
 
 DirectoryConfig = Annotated[Union[ActiveDirectoryConfig, LdapConfig, LdifConfig], Field(discriminator="type")]

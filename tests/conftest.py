@@ -46,25 +46,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.openldap)
 
 
+def _running(server, label: str):
+    """Start a throwaway server for a session fixture, yield it, clean it up.  Missing software
+    skips locally and fails in CI (_unavailable); any other start-up error fails."""
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.cleanup()
+        _unavailable(f"{label} unavailable: {exc}")
+    except ServerStartError as exc:
+        server.cleanup()
+        pytest.fail(f"{label} failed to start: {exc}", pytrace=False)
+    except BaseException:
+        server.cleanup()
+        raise
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture(scope="session")
 def samba_dc() -> Iterator[SambaDC]:
     """A freshly provisioned Samba AD DC (CORP.EXAMPLE.COM) shared by the session."""
-    dc = SambaDC()
-    try:
-        dc.start()
-    except ServerUnavailable as exc:
-        dc.cleanup()
-        _unavailable(f"Samba AD DC unavailable: {exc}")
-    except ServerStartError as exc:
-        dc.cleanup()
-        pytest.fail(f"Samba AD DC failed to start: {exc}", pytrace=False)
-    except BaseException:
-        dc.cleanup()
-        raise
-    try:
-        yield dc
-    finally:
-        dc.cleanup()
+    yield from _running(SambaDC(), "Samba AD DC")
 
 
 def _safe_name(text: str, limit: int) -> str:
@@ -85,43 +90,13 @@ def samba_ou(samba_dc: SambaDC, request: pytest.FixtureRequest) -> str:
 def openldap() -> Iterator[OpenLdapServer]:
     """A throwaway OpenLDAP slapd (dc=example,dc=com) over LDAPS/StartTLS with the test CA, a rootdn
     for populating and a read-only bind account (tests/servers/openldap.py)."""
-    server = OpenLdapServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        server.cleanup()
-        _unavailable(f"OpenLDAP unavailable: {exc}")
-    except ServerStartError as exc:
-        server.cleanup()
-        pytest.fail(f"OpenLDAP failed to start: {exc}", pytrace=False)
-    except BaseException:
-        server.cleanup()
-        raise
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from _running(OpenLdapServer(), "OpenLDAP")
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL cluster (trust auth on 127.0.0.1) for the session."""
-    server = PostgresServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        server.cleanup()
-        _unavailable(f"PostgreSQL unavailable: {exc}")
-    except ServerStartError as exc:
-        server.cleanup()
-        pytest.fail(f"PostgreSQL failed to start: {exc}", pytrace=False)
-    except BaseException:
-        server.cleanup()
-        raise
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from _running(PostgresServer(), "PostgreSQL")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

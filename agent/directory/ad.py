@@ -190,24 +190,8 @@ class ActiveDirectoryReader:
         conn = self.connect()
         try:
             root = self._read_root_dse(conn)
-            try:
-                whoami = conn.extend.standard.who_am_i() or self.config.bind_dn
-            except ldap_exc.LDAPException:
-                whoami = self.config.bind_dn  # Samba does not implement the WhoAmI extended operation
-            # The commonest set-up mistake is a base_dn that does not exist or that the account
-            # cannot read: say so here rather than as an empty (or failed) first sync.
-            self._log_search(self.config.base_dn, "(objectClass=*)", ["objectClass"], scope="base")
-            try:
-                found = conn.search(self.config.base_dn, "(objectClass=*)", ldap3.BASE, attributes=["objectClass"])
-                reason = "not visible to the bind account"
-            except ldap_exc.LDAPOperationResult as exc:
-                found, reason = False, _ldap_reason(exc)
-            if not found or not conn.entries:
-                raise DirectoryError(
-                    f"{self.config.url}: base_dn {self.config.base_dn!r} cannot be read: {reason}",
-                    hint="check directories[].base_dn (e.g. DC=corp,DC=example,DC=com) and that the bind "
-                    "account may read it",
-                )
+            whoami = self._whoami(conn)
+            self._check_base_dn(conn)
             return {
                 "server": root.get("dnsHostName") or self.host,
                 "bound_as": whoami,
@@ -267,36 +251,8 @@ class ActiveDirectoryReader:
                     tombstones += 1
                     yield entry
                 searches += 1
-        except ldap_exc.LDAPSizeLimitExceededResult:
-            raise DirectoryError(
-                f"{self.config.url}: sizeLimitExceeded while paging; the read is incomplete and was discarded",
-                hint="the DC ignored paging or has a low MaxResultSetSize; check the LDAP policy",
-            ) from None
-        except ldap_exc.LDAPTimeLimitExceededResult:
-            raise DirectoryError(
-                f"{self.config.url}: timeLimitExceeded; the read is incomplete and was discarded",
-                hint="the DC's MaxQueryDuration was hit; a narrower base_dn or a less busy DC helps",
-            ) from None
-        except ldap_exc.LDAPNoSuchObjectResult:
-            raise DirectoryError(
-                f"{self.config.url}: base_dn {self.config.base_dn!r} does not exist",
-                hint="check directories[].base_dn",
-            ) from None
-        except ldap_exc.LDAPReferralResult:
-            raise DirectoryError(
-                f"{self.config.url}: the DC referred us elsewhere for {self.config.base_dn!r}",
-                hint="base_dn must be in a naming context this DC holds",
-            ) from None
-        except (ldap_exc.LDAPSocketReceiveError, ldap_exc.LDAPSocketSendError,
-                ldap_exc.LDAPSessionTerminatedByServerError, ldap_exc.LDAPSocketOpenError) as exc:
-            raise DirectoryError(
-                f"connection to {self.config.url} lost during the read: {_ldap_reason(exc)}; "
-                "the read is incomplete and was discarded",
-            ) from None
         except ldap_exc.LDAPException as exc:
-            raise DirectoryError(
-                f"{self.config.url}: search failed: {_ldap_reason(exc)}; the read was discarded"
-            ) from None
+            raise self._read_error(exc) from None
         finally:
             try:
                 conn.unbind()
@@ -373,6 +329,54 @@ class ActiveDirectoryReader:
             if item.get("type") == "searchResEntry":
                 return {name: list(values) for name, values in item["raw_attributes"].items()}
         return {}
+
+    # What the admin should check when the server limits a read, per directory kind.
+    _BASE_DN_HINT = ("check directories[].base_dn (e.g. DC=corp,DC=example,DC=com) and that the bind account may "
+                     "read it")
+    _SIZE_LIMIT_HINT = "the DC ignored paging or has a low MaxResultSetSize; check the LDAP policy"
+    _TIME_LIMIT_HINT = "the DC's MaxQueryDuration was hit; a narrower base_dn or a less busy DC helps"
+
+    def _whoami(self, conn: ldap3.Connection) -> str:
+        try:
+            return conn.extend.standard.who_am_i() or self.config.bind_dn
+        except ldap_exc.LDAPException:
+            return self.config.bind_dn  # Samba does not implement the WhoAmI extended operation
+
+    def _check_base_dn(self, conn: ldap3.Connection) -> None:
+        """The commonest set-up mistake is a base_dn that does not exist or that the account cannot
+        read: test-connection says so rather than leaving it to an empty (or failed) first sync."""
+        self._log_search(self.config.base_dn, "(objectClass=*)", ["objectClass"], scope="base")
+        try:
+            found = conn.search(self.config.base_dn, "(objectClass=*)", ldap3.BASE, attributes=["objectClass"])
+            reason = "not visible to the bind account"
+        except ldap_exc.LDAPOperationResult as exc:
+            found, reason = False, _ldap_reason(exc)
+        if not found or not conn.entries:
+            raise DirectoryError(f"{self.config.url}: base_dn {self.config.base_dn!r} cannot be read: {reason}",
+                                 hint=self._BASE_DN_HINT)
+
+    def _read_error(self, exc: ldap_exc.LDAPException) -> DirectoryError:
+        """The admin-facing error for an LDAP failure during a read (the read is always discarded)."""
+        url, base = self.config.url, self.config.base_dn
+        if isinstance(exc, ldap_exc.LDAPSizeLimitExceededResult):
+            return DirectoryError(f"{url}: sizeLimitExceeded while paging; the read is incomplete and was discarded",
+                                  hint=self._SIZE_LIMIT_HINT)
+        if isinstance(exc, ldap_exc.LDAPTimeLimitExceededResult):
+            return DirectoryError(f"{url}: timeLimitExceeded; the read is incomplete and was discarded",
+                                  hint=self._TIME_LIMIT_HINT)
+        if isinstance(exc, ldap_exc.LDAPNoSuchObjectResult):
+            return DirectoryError(f"{url}: base_dn {base!r} does not exist", hint="check directories[].base_dn")
+        if isinstance(exc, ldap_exc.LDAPReferralResult):
+            return DirectoryError(f"{url}: the server referred us elsewhere for {base!r}",
+                                  hint="base_dn must be in a naming context this server holds")
+        if isinstance(exc, ldap_exc.LDAPUnavailableCriticalExtensionResult):
+            return DirectoryError(f"{url}: the server does not support the simple paged results control",
+                                  hint="enable paged results (AD, OpenLDAP, 389-DS and FreeIPA support it)")
+        if isinstance(exc, (ldap_exc.LDAPSocketReceiveError, ldap_exc.LDAPSocketSendError,
+                            ldap_exc.LDAPSessionTerminatedByServerError, ldap_exc.LDAPSocketOpenError)):
+            return DirectoryError(f"connection to {url} lost during the read: {_ldap_reason(exc)}; "
+                                  "the read is incomplete and was discarded")
+        return DirectoryError(f"{url}: search failed: {_ldap_reason(exc)}; the read was discarded")
 
     def _paged_search(self, conn: ldap3.Connection, base: str, search_filter: str, attributes, *,
                       scope=ldap3.SUBTREE, controls=None) -> Iterator[tuple[str, dict[str, list[bytes]], int]]:

@@ -32,6 +32,10 @@ log = structlog.get_logger("agent.directory.ldap")
 class LdapReader(ActiveDirectoryReader):
     config: LdapConfig
     supports_incremental = False  # no uSNChanged: every sync is a complete read
+    _BASE_DN_HINT = "check directories[].base_dn (e.g. dc=example,dc=com) and the server's ACL for the bind account"
+    _SIZE_LIMIT_HINT = ("the server's size limit applies to the bind account despite paging: raise it for that "
+                        "account (OpenLDAP: limits dn.exact=\"<bind_dn>\" size.prtotal=unlimited)")
+    _TIME_LIMIT_HINT = "the server's time limit applies to the bind account: raise it for that account"
 
     def __init__(self, config: LdapConfig, password: SecretStr) -> None:
         super().__init__(config, password)  # type: ignore[arg-type]  (same connection settings)
@@ -60,22 +64,8 @@ class LdapReader(ActiveDirectoryReader):
         conn = self.connect()
         try:
             root = self._root(conn)
-            try:
-                whoami = conn.extend.standard.who_am_i() or self.config.bind_dn
-            except ldap_exc.LDAPException:
-                whoami = self.config.bind_dn
-            self._log_search(self.config.base_dn, "(objectClass=*)", ["objectClass"], scope="base")
-            try:
-                found = conn.search(self.config.base_dn, "(objectClass=*)", ldap3.BASE, attributes=["objectClass"])
-                reason = "not visible to the bind account"
-            except ldap_exc.LDAPOperationResult as exc:
-                found, reason = False, _ldap_reason(exc)
-            if not found or not conn.entries:
-                raise DirectoryError(
-                    f"{self.config.url}: base_dn {self.config.base_dn!r} cannot be read: {reason}",
-                    hint="check directories[].base_dn (e.g. dc=example,dc=com) and the server's ACL for the "
-                    "bind account",
-                )
+            whoami = self._whoami(conn)
+            self._check_base_dn(conn)
             controls = root.get("supportedcontrol", [])
             return {
                 "server": root.get("vendorname", [self.host])[0] + (
@@ -123,36 +113,8 @@ class LdapReader(ActiveDirectoryReader):
                     counts[kind] += 1
                     yield entry
                 pages += last_page
-        except ldap_exc.LDAPSizeLimitExceededResult:
-            raise DirectoryError(
-                f"{self.config.url}: sizeLimitExceeded; the read is incomplete and was discarded",
-                hint="the server's size limit applies to the bind account despite paging: raise it for that "
-                "account (OpenLDAP: limits dn.exact=\"<bind_dn>\" size.prtotal=unlimited)",
-            ) from None
-        except ldap_exc.LDAPTimeLimitExceededResult:
-            raise DirectoryError(
-                f"{self.config.url}: timeLimitExceeded; the read is incomplete and was discarded",
-            ) from None
-        except ldap_exc.LDAPNoSuchObjectResult:
-            raise DirectoryError(
-                f"{self.config.url}: base_dn {self.config.base_dn!r} does not exist",
-                hint="check directories[].base_dn",
-            ) from None
-        except ldap_exc.LDAPUnavailableCriticalExtensionResult:
-            raise DirectoryError(
-                f"{self.config.url}: the server does not support the simple paged results control",
-                hint="enable paged results (OpenLDAP, 389-DS and FreeIPA support it by default)",
-            ) from None
-        except (ldap_exc.LDAPSocketReceiveError, ldap_exc.LDAPSocketSendError,
-                ldap_exc.LDAPSessionTerminatedByServerError, ldap_exc.LDAPSocketOpenError) as exc:
-            raise DirectoryError(
-                f"connection to {self.config.url} lost during the read: {_ldap_reason(exc)}; "
-                "the read is incomplete and was discarded",
-            ) from None
         except ldap_exc.LDAPException as exc:
-            raise DirectoryError(
-                f"{self.config.url}: search failed: {_ldap_reason(exc)}; the read was discarded"
-            ) from None
+            raise self._read_error(exc) from None
         finally:
             try:
                 conn.unbind()
