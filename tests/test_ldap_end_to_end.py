@@ -5,9 +5,6 @@ Mirrors tests/test_ad_end_to_end.py."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,16 +14,11 @@ import yaml
 
 from agent.config import parse_config, resolve_password
 from agent.directory.ldap import LdapReader
+from tests.test_ad_end_to_end import cal_agent, findings_by_kind
 
 pytestmark = pytest.mark.openldap
 
 
-def cal_agent(config: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "agent", "--config", str(config), *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "CAL_AGENT_CONFIG": ""})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cal-agent {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 class Corp:
@@ -136,14 +128,6 @@ class Corp:
 @pytest.fixture(scope="module")
 def corp(openldap, tmp_path_factory):
     return Corp(openldap, tmp_path_factory.mktemp("ldapcorp"))
-
-
-def findings_by_kind(report: dict) -> dict[str, list[tuple]]:
-    out: dict[str, list[tuple]] = {}
-    for f in report["findings"]:
-        who = f["principal"]["name"] if f["principal"] else f["purchase"]
-        out.setdefault(f["kind"], []).append((f["product"], f["cal_type"], who, f["reason"]))
-    return {k: sorted(v) for k, v in out.items()}
 
 
 def test_full_cycle_gives_the_findings_an_auditor_would_raise(corp):
