@@ -146,3 +146,32 @@ class MachineLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+def unbind_quietly(conn) -> None:
+    """Close an admin LDAP connection of a test server that may already be gone."""
+    if conn is None:
+        return
+    try:
+        conn.unbind()
+    except Exception:  # noqa: BLE001 - the server may already be gone
+        pass
+
+
+def end_process(process, timeout: float, *, stdin_first: bool = False) -> None:
+    """Stop a server process: EOF on stdin (for servers that exit on it), SIGTERM, then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    if stdin_first and process.stdin:
+        try:
+            process.stdin.close()
+            process.wait(timeout=timeout / 2)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    process.terminate()
+    try:
+        process.wait(timeout=timeout / 2 if stdin_first else timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
+    end_process,
+    unbind_quietly,
     ServerStartError,
     ServerUnavailable,
     find_program,
@@ -210,20 +212,9 @@ olcAccess: {{1}}to dn.subtree="{SUFFIX}" by dn.exact="{self.reader_dn}" read by 
         return self._process is not None and self._process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._admin_conn is not None:
-            try:
-                self._admin_conn.unbind()
-            except Exception:  # noqa: BLE001 - the server may already be gone
-                pass
-            self._admin_conn = None
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=timeout)
+        unbind_quietly(self._admin_conn)
+        self._admin_conn = None
+        end_process(self._process, timeout)
         self._process = None
         if self._log_handle is not None:
             self._log_handle.close()

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
+    end_process,
+    unbind_quietly,
     MachineLock,
     ServerStartError,
     ServerUnavailable,
@@ -453,25 +455,9 @@ class SambaDC:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop samba: EOF on stdin, then SIGTERM, then SIGKILL."""
-        if self._admin_conn is not None:
-            try:
-                self._admin_conn.unbind()
-            except Exception:  # noqa: BLE001 - the server may already be gone
-                pass
-            self._admin_conn = None
-        process = self._process
-        if process is not None and process.poll() is None:
-            try:
-                if process.stdin:
-                    process.stdin.close()
-                process.wait(timeout=timeout / 2)
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    process.wait(timeout=timeout / 2)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=timeout)
+        unbind_quietly(self._admin_conn)
+        self._admin_conn = None
+        end_process(self._process, timeout, stdin_first=True)
         self._close_process_handles()
         self._lock.release()
 
