@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.directory import decode
@@ -186,3 +186,10 @@ def test_entry_without_rds_attributes_and_computers_carry_none():
 def test_bad_rds_expiry_names_the_attribute():
     with pytest.raises(ValueError, match="msTSExpireDate2"):
         _rds_user(msTSExpireDate2="next month")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="aB=, ;\\\t\u2003\u00e9#+\"x\n", max_size=24))
+def test_dn_parts_fast_paths_agree_with_the_general_parser(dn):
+    # dn_parts takes shortcuts for DNs without escapes; they must never change a comparison key.
+    assert decode.dn_parts(dn) == decode._dn_parts_escaped(dn)

@@ -31,7 +31,7 @@ from ldap3.core import exceptions as ldap_exc
 from pydantic import SecretStr
 
 from agent.config import ActiveDirectoryConfig
-from agent.directory import decode
+from agent.directory import decode, wire
 from agent.directory.ad_entries import (
     AD_ATTRIBUTES,
     AD_PRINCIPAL_FILTER,
@@ -385,24 +385,14 @@ class ActiveDirectoryReader:
         cookie: bytes | None = None
         page = 0
         while True:
-            conn.search(
-                base,
-                search_filter,
-                scope,
-                attributes=list(attributes),
-                paged_size=self.config.page_size,
-                paged_cookie=cookie,
-                paged_criticality=True,  # a DC that cannot page must say so, not truncate silently
-                controls=controls,
-            )
+            # The page is collected before its entries are handed out: callers may use the
+            # connection for each entry (ranged reads), which must wait until the page is complete.
+            entries = list(wire.search_page(conn, base, search_filter, attributes, scope=scope,
+                                            page_size=self.config.page_size, controls=controls, cookie=cookie))
             page += 1
             _require_complete(conn, self.config.url)
-            entries = 0
-            for item in conn.response or []:
-                if item.get("type") != "searchResEntry":
-                    continue  # continuation references to other partitions are not ours
-                entries += 1
-                yield item["dn"], item["raw_attributes"], page
+            for dn, attrs in entries:
+                yield dn, attrs, page
             previous, cookie = cookie, (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID, {}).get(
                 "value", {}).get("cookie")
             if not cookie:
@@ -410,7 +400,7 @@ class ActiveDirectoryReader:
             # Samba hands out the same cookie for every page of a search (a handle, not a position),
             # so a repeated cookie is normal; a repeated cookie with an empty page is a server stuck
             # in a loop, and the read is abandoned rather than spun forever.
-            if cookie == previous and entries == 0:
+            if cookie == previous and not entries:
                 raise DirectoryError(f"{self.config.url}: the server returned an empty page and the same paging "
                                      "cookie; read discarded")
 
@@ -533,16 +523,27 @@ _INCOMPLETE_RESULTS = {
 }
 
 
+_INCOMPLETE_HINTS = {
+    3: "raise the server's time limit for the bind account (AD: MaxQueryDuration in the LDAP query policy; "
+       "OpenLDAP: olcLimits time=unlimited for it), or lower page_size so that each page is read within it",
+    10: "base_dn is held by the server the referral names: point directories[].url (and base_dn) there, or set "
+        "base_dn to a part of the directory this server holds",
+}
+
+
 def _require_complete(conn: ldap3.Connection, url: str) -> None:
     code = (conn.result or {}).get("result", 0)
     if code in (0, None):
         return
     reason = _INCOMPLETE_RESULTS.get(code, conn.result.get("description") or f"result code {code}")
     message = conn.result.get("message") or conn.result.get("description") or ""
+    if conn.result.get("referrals"):
+        message += " to " + ", ".join(conn.result["referrals"])
     raise DirectoryError(
         f"{url}: the search stopped early at {reason} ({message}); the read is incomplete and was discarded",
-        hint="let the bind account read the whole base without size or time limits (AD: MaxPageSize and the "
-        "query policy; OpenLDAP: olcLimits size.prtotal=unlimited for it), or narrow base_dn")
+        hint=_INCOMPLETE_HINTS.get(code, "let the bind account read the whole base without size or time limits "
+                                   "(AD: MaxPageSize and the query policy; OpenLDAP: olcLimits size.prtotal=unlimited "
+                                   "for it), or narrow base_dn"))
 
 
 _TLS_HINT = (

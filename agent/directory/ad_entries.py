@@ -73,11 +73,15 @@ def classify(object_classes: Sequence[str]) -> EntryKind | None:
 
 def normalise_attributes(raw: Mapping[str, Sequence[bytes]]) -> dict[str, list[bytes]]:
     """Lower-case attribute names and drop options such as ``;binary`` (ranges are handled by the
-    reader before this point)."""
+    reader before this point).  The value lists are shared with ``raw``, not copied."""
     out: dict[str, list[bytes]] = {}
     for name, values in raw.items():
-        base = name.split(";", 1)[0].lower()
-        out.setdefault(base, []).extend(bytes(v) if not isinstance(v, bytes) else v for v in values)
+        base = name.lower()
+        if ";" in base:
+            base = base.split(";", 1)[0]
+        if type(values) is not list or (values and type(values[0]) is not bytes):
+            values = [v if isinstance(v, bytes) else bytes(v) for v in values]
+        out[base] = out[base] + values if base in out else values
     return out
 
 

@@ -59,7 +59,10 @@ def generalized_time(value: str | bytes | None) -> datetime | None:
     if len(main) < 10 or not main.isdigit():
         raise ValueError(f"not a GeneralizedTime: {value!r}")
     main = main.ljust(14, "0")
-    return datetime.strptime(main[:14], "%Y%m%d%H%M%S").replace(tzinfo=tz).astimezone(timezone.utc)
+    # datetime() checks the ranges as strptime would, at a tenth of the cost (millions of values per read).
+    moment = datetime(int(main[0:4]), int(main[4:6]), int(main[6:8]), int(main[8:10]), int(main[10:12]),
+                      int(main[12:14]), tzinfo=tz)
+    return moment if tz is timezone.utc else moment.astimezone(timezone.utc)
 
 
 def guid(value: bytes) -> str:
@@ -116,6 +119,22 @@ def integer(value: bytes | str | int | None) -> int | None:
 def dn_parts(dn: str) -> tuple[str, ...]:
     """The RDNs of a DN, normalised for comparison: case-insensitive, spaces around ``=`` and
     separators removed, escaped separators (``\\,``) kept inside their RDN."""
+    # Fast paths (member DNs are parsed by the hundred thousand per read); the same result as the
+    # general parser below for DNs without escapes, which a test checks on generated DNs.
+    if "\\" not in dn:
+        if " " not in dn and ";" not in dn and dn.isprintable():  # isprintable: no tab, newline...
+            return tuple(p for p in dn.lower().split(",") if p)
+        out = []
+        for rdn in dn.replace(";", ",").split(","):
+            attr, sep, value = rdn.partition("=")
+            key = f"{attr.strip().lower()}{sep}{value.strip(' ').lower()}"
+            if key:
+                out.append(key)
+        return tuple(out)
+    return _dn_parts_escaped(dn)
+
+
+def _dn_parts_escaped(dn: str) -> tuple[str, ...]:
     parts: list[str] = []
     current: list[str] = []
     escaped = False

@@ -20,6 +20,7 @@ PERMANENT_LOCK = "000001010000Z"
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # RFC 4517 NameAndOptionalUID: a DN, optionally followed by "#" and a BitString ('0101'B).
 _OPTIONAL_UID_RE = re.compile(r"#'[01]*'B$")
+_CANONICAL_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 # Read for every principal besides the configured identity/name/display/mail attributes.
 STATE_ATTRIBUTES = (
@@ -44,6 +45,8 @@ def identity(value: bytes | str) -> str:
     """entryUUID (RFC 4530) or 389-DS's nsUniqueId (``xxxxxxxx-xxxxxxxx-xxxxxxxx-xxxxxxxx``) as a
     canonical lower-case UUID; any other value lower-cased as it is."""
     text = (decode.text(value) or "").strip().lower()
+    if _CANONICAL_UUID_RE.fullmatch(text):
+        return text  # already canonical (OpenLDAP's entryUUID): skip the parse
     if not text:
         raise ValueError("empty identity value")
     digits = text.replace("-", "")
