@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.samba)
         if "postgres_server" in names and not item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.postgres)
-        if "openldap" in names and not item.get_closest_marker("openldap"):
+        if ("openldap" in names or "openldap_faults" in names) and not item.get_closest_marker("openldap"):
             item.add_marker(pytest.mark.openldap)
 
 
@@ -91,6 +91,14 @@ def openldap() -> Iterator[OpenLdapServer]:
     """A throwaway OpenLDAP slapd (dc=example,dc=com) over LDAPS/StartTLS with the test CA, a rootdn
     for populating and a read-only bind account (tests/servers/openldap.py)."""
     yield from _running(OpenLdapServer(), "OpenLDAP")
+
+
+@pytest.fixture(scope="session")
+def openldap_faults() -> Iterator[OpenLdapServer]:
+    """A second, separate slapd like `openldap`, with the retcode overlay for making the server
+    itself answer with chosen result codes or delays, and a reader with a one-second time limit
+    (OpenLdapServer(faults=True))."""
+    yield from _running(OpenLdapServer(faults=True), "OpenLDAP (fault injection)")
 
 
 @pytest.fixture(scope="session")

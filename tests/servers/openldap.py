@@ -9,6 +9,10 @@ with:
 - a rootdn (`cn=admin,...`) used by the tests to populate it;
 - a read-only bind account (`cn=cal-reader,ou=system,...`) that the ACL lets read everything but
   passwords: the least-privilege set-up docs/directory.md shows.
+With `faults=True` (a separate instance, the `openldap_faults` fixture) the database also carries the
+retcode overlay (slapo-retcode, "retcode-indir"): an entry of the auxiliary class errAuxObject makes the
+server itself answer with its errCode (or sleep errSleepTime seconds) when a search reaches it; and a
+third reader, `timed_reader_dn`, has a one-second time limit.  `add_fault()` adds such an entry.
 The system slapd service is never used (tests/run installs the package with policy-rc.d).
 """
 
@@ -49,8 +53,11 @@ olcAttributeTypes: ( 1.3.6.1.4.1.42.2.27.8.1.17 NAME 'pwdAccountLockedTime'
 """
 
 
+MANAGE_DSA_IT = ("2.16.840.1.113730.3.4.2", True, None)  # RFC 3296: treat special entries as plain entries
+
+
 class OpenLdapServer:
-    def __init__(self, *, start_timeout: float = 20.0) -> None:
+    def __init__(self, *, start_timeout: float = 20.0, faults: bool = False) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="cal-agent-slapd-"))
         self.start_timeout = start_timeout
         self.base_dn = SUFFIX
@@ -62,6 +69,10 @@ class OpenLdapServer:
         # search's total): for the sizeLimitExceeded fault test.
         self.limited_reader_dn = f"cn=cal-limited,ou=system,{SUFFIX}"
         self.limited_reader_password = random_password()
+        self.faults = faults
+        # faults=True only: a reader whose searches the server stops after one second (olcLimits time=1).
+        self.timed_reader_dn = f"cn=cal-timed,ou=system,{SUFFIX}"
+        self.timed_reader_password = random_password()
         self.ldaps_port = self.ldap_port = 0
         self.ca_file = self.workdir / "tls" / "ca.pem"
         self.log_file = self.workdir / "slapd.log"
@@ -137,13 +148,29 @@ class OpenLdapServer:
     def _config_ldif(self, cert_file: Path, key_file: Path) -> str:
         schemas = "".join(f"include: file://{SCHEMA_DIR}/{name}.ldif\n\n"
                           for name in ("core", "cosine", "nis", "inetorgperson"))
-        modules = "olcModuleLoad: back_mdb\n" + ("olcModuleLoad: ppolicy\n" if self.ppolicy else "")
+        modules = ("olcModuleLoad: back_mdb\n" + ("olcModuleLoad: ppolicy\n" if self.ppolicy else "")
+                   + ("olcModuleLoad: retcode\n" if self.faults else ""))
         overlay = ("" if not self.ppolicy else f"""
 dn: olcOverlay={{0}}ppolicy,olcDatabase={{1}}mdb,cn=config
 objectClass: olcOverlayConfig
 objectClass: olcPPolicyConfig
 olcOverlay: {{0}}ppolicy
 """)
+        limits = f'olcLimits: {{0}}dn.exact="{self.reader_dn}" size.prtotal=unlimited\n'
+        readers = f'by dn.exact="{self.reader_dn}" read by dn.exact="{self.limited_reader_dn}" read'
+        if self.faults:
+            index = 1 if self.ppolicy else 0
+            overlay += f"""
+dn: olcOverlay={{{index}}}retcode,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcRetcodeConfig
+olcOverlay: {{{index}}}retcode
+olcRetcodeParent: ou=retcodes,{SUFFIX}
+olcRetcodeInDir: TRUE
+"""
+            limits += f'olcLimits: {{1}}dn.exact="{self.timed_reader_dn}" time=1 size.prtotal=unlimited\n'
+            readers += f' by dn.exact="{self.timed_reader_dn}" read'
+
         return f"""\
 dn: cn=config
 objectClass: olcGlobal
@@ -186,9 +213,9 @@ olcDbDirectory: {self.workdir}/data
 olcDbMaxSize: 104857600
 olcDbNoSync: TRUE
 olcDbIndex: objectClass eq
-olcLimits: {{0}}dn.exact="{self.reader_dn}" size.prtotal=unlimited
+{limits}\
 olcAccess: {{0}}to attrs=userPassword by anonymous auth by * none
-olcAccess: {{1}}to dn.subtree="{SUFFIX}" by dn.exact="{self.reader_dn}" read by dn.exact="{self.limited_reader_dn}" read by * none
+olcAccess: {{1}}to dn.subtree="{SUFFIX}" {readers} by * none
 {overlay}"""
 
     def _wait_until_ready(self) -> None:
@@ -255,7 +282,19 @@ olcAccess: {{1}}to dn.subtree="{SUFFIX}" by dn.exact="{self.reader_dn}" read by 
                                   for name, value in changes.items()})
 
     def delete(self, dn: str) -> None:
-        self._admin().delete(dn)
+        # ManageDsaIT: a referral object is deleted itself (without it the server refers the delete on).
+        self._admin().delete(dn, controls=[MANAGE_DSA_IT])
+
+    def rename(self, dn: str, new_rdn: str) -> str:
+        """Rename an entry, with its subtree (entryUUIDs are kept); returns the new DN."""
+        self._admin().modify_dn(dn, new_rdn)
+        return f"{new_rdn},{dn.split(',', 1)[1]}"
+
+    def add_referral(self, dn: str, url: str) -> str:
+        """A referral object (RFC 3296 / slapd's `referral` class): searches at or under `dn` are answered
+        with a referral to `url` (result code 10), searches above it list it as a continuation reference."""
+        attribute, value = dn.split(",", 1)[0].split("=", 1)
+        return self.add(dn, ["referral", "extensibleObject"], {attribute: value, "ref": url})
 
     def get(self, dn: str, *attributes: str) -> dict[str, list[bytes]]:
         import ldap3
@@ -273,6 +312,24 @@ olcAccess: {{1}}to dn.subtree="{SUFFIX}" by dn.exact="{self.reader_dn}" read by 
         self.add(self.limited_reader_dn, ["organizationalRole", "simpleSecurityObject"],
                  {"cn": "cal-limited", "userPassword": self.limited_reader_password,
                   "description": "read-only, with the default size limit"})
+        if self.faults:
+            self.add(self.timed_reader_dn, ["organizationalRole", "simpleSecurityObject"],
+                     {"cn": "cal-timed", "userPassword": self.timed_reader_password,
+                      "description": "read-only, with a one-second time limit"})
+
+    def add_fault(self, dn: str, object_class: list[str], attributes: dict[str, Any], *, err_code: int,
+                  sleep_seconds: int | None = None, text: str | None = None) -> str:
+        """faults=True only: an entry that makes the server answer a search reaching it with result
+        `err_code` (0: carry on), after sleeping `sleep_seconds` (slapo-retcode's errAuxObject).  Added
+        with the ManageDsaIT control, without which the overlay would answer the add itself."""
+        assert self.faults, "add_fault needs OpenLdapServer(faults=True)"
+        fault: dict[str, Any] = {"errCode": str(err_code)}
+        if sleep_seconds is not None:
+            fault["errSleepTime"] = str(sleep_seconds)
+        if text is not None:
+            fault["errText"] = text
+        self._admin().add(dn, [*object_class, "errAuxObject"], {**attributes, **fault}, controls=[MANAGE_DSA_IT])
+        return dn
 
     def add_ou(self, name: str, parent: str | None = None) -> str:
         return self.add(f"ou={name},{parent or SUFFIX}", ["organizationalUnit"], {"ou": name})
