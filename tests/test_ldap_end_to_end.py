@@ -269,37 +269,130 @@ def test_test_connection_names_a_wrong_base_dn(corp):
         corp.write_config()
 
 
+class Bulk:
+    """A directory `bulk`: an OU of `count` computers (pc00, pc01, ...), each licensed by a device CAL of
+    PO-PC that a requirement asks for, read in pages of 20 by one of the server's accounts.  With
+    `fault_at`, that computer carries a slapo-retcode fault (OpenLdapServer.add_fault(**fault))."""
+
+    def __init__(self, ldap, tmp_path: Path, *, count: int = 60, fault_at: int | None = None, **fault) -> None:
+        self.ldap, self.tmp, self.count = ldap, tmp_path, count
+        self.base = ldap.add_ou(f"bulk-{uuid.uuid4().hex[:4]}")
+        for i in range(count):
+            dn, attributes = f"cn=pc{i:02d},{self.base}", {"cn": f"pc{i:02d}"}
+            if i == fault_at:
+                ldap.add_fault(dn, ["device"], attributes, **fault)
+            else:
+                ldap.add(dn, ["device"], attributes)
+        (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({
+            "purchases": [{"id": "PO-PC", "product": "windows-server", "version": "2022", "cal_type": "device",
+                           "quantity": count, "purchased_on": "2024-01-17", "invoice": "INV-PC"}],
+            "assignments": [{"purchase": "PO-PC", "principal": f"pc{i:02d}", "assigned_on": "2024-02-01"}
+                            for i in range(count)]}))
+        self.config = tmp_path / "config.yaml"
+
+    def bind_as(self, bind_dn: str, password: str) -> None:
+        secret = self.tmp / f"password-{bind_dn.split(',')[0][3:]}"
+        secret.write_text(password)
+        secret.chmod(0o600)
+        self.config.write_text(yaml.safe_dump({
+            "database": {"url": "sqlite:///state.db"},
+            "directories": [{"name": "bulk", "type": "ldap", "url": self.ldap.url, "base_dn": self.base,
+                             "bind_dn": bind_dn, "password_file": secret.name,
+                             "tls": {"ca_file": str(self.ldap.ca_file)}, "page_size": 20}],
+            "inventory": "inventory.yaml",
+            "requirements": [{"name": "pcs", "product": "windows-server", "version": "2022", "cal_type": "device",
+                              "computers": {"ou": self.base}}],
+            "reports": {"directory": "reports"}}))
+
+    def report(self) -> dict:
+        return json.loads(cal_agent(self.config, "report", check=True).stdout)
+
+    def first_cycle(self) -> dict:
+        """A good cycle with the unlimited reader: every computer read, required and licensed."""
+        self.bind_as(self.ldap.reader_dn, self.ldap.reader_password)
+        cal_agent(self.config, "run", "--once", check=True)
+        report = self.report()
+        assert report["directories"][0]["last_sync"]["computers"] == self.count
+        assert [(p["required"], p["licensed"]) for p in report["products"]] == [(self.count, self.count)]
+        assert report["compliant"] is True
+        return report
+
+    def failed_sync(self, says: list[str]) -> str:
+        """`cal-agent sync` fails with exit 3 and a message containing each of `says`; returns it."""
+        failed = cal_agent(self.config, "sync")
+        assert failed.returncode == 3, failed.stdout + failed.stderr
+        assert "bulk: sync FAILED, nothing was changed" in failed.stderr and "Traceback" not in failed.stderr
+        for text in says:
+            assert text in failed.stderr, failed.stderr
+        return failed.stderr
+
+    def nothing_changed_since(self, before: dict) -> dict:
+        """After the failed sync, a reconcile: the sync is recorded as failed, no principal changed state,
+        the findings and the product lines (required, licensed, ...) are those of `before`."""
+        cal_agent(self.config, "reconcile", check=True)
+        after = self.report()
+        assert after["drift"] == {"new": [], "resolved": [], "principals": []}
+        assert after["directories"][0]["last_sync"]["status"] == "failed"
+        assert after["directories"][0]["last_successful_sync"] == before["directories"][0]["last_successful_sync"]
+        assert after["findings"] == before["findings"] and after["products"] == before["products"]
+        return after
+
+    def next_cycle_works(self, before: dict) -> None:
+        """With the cause gone, the next cycle reads everything and reports no drift."""
+        cal_agent(self.config, "run", "--once", check=True)
+        again = self.report()
+        assert again["directories"][0]["last_sync"]["status"] == "ok"
+        assert again["directories"][0]["last_sync"]["computers"] == self.count
+        assert again["drift"] == {"new": [], "resolved": [], "principals": []}
+        assert again["findings"] == before["findings"] and again["products"] == before["products"]
+
+
 def test_size_limit_exceeded_mid_read_changes_nothing(openldap, tmp_path):
     """The server stops a paged search at its size limit (the limited reader keeps slapd's default
     limit of 50 entries): the sync fails, names the limit, and changes nothing (issue 7)."""
-    bulk = openldap.add_ou(f"bulk-{uuid.uuid4().hex[:4]}")
-    for i in range(60):
-        openldap.add(f"cn=pc{i:02d},{bulk}", ["device"], {"cn": f"pc{i:02d}"})
-    for name, password in (("reader", openldap.reader_password), ("limited", openldap.limited_reader_password)):
-        (tmp_path / name).write_text(password)
-        (tmp_path / name).chmod(0o600)
-    (tmp_path / "inventory.yaml").write_text("purchases: []\n")
-    config = tmp_path / "config.yaml"
+    bulk = Bulk(openldap, tmp_path)
+    before = bulk.first_cycle()
+    bulk.bind_as(openldap.limited_reader_dn, openldap.limited_reader_password)
+    bulk.failed_sync(["the search stopped early at the server's size limit", "olcLimits size.prtotal=unlimited"])
+    bulk.nothing_changed_since(before)
+    bulk.bind_as(openldap.reader_dn, openldap.reader_password)  # the reader exempted from the limit
+    bulk.next_cycle_works(before)
 
-    def write(bind_dn: str, secret: str) -> None:
-        config.write_text(yaml.safe_dump({
-            "database": {"url": "sqlite:///state.db"},
-            "directories": [{"name": "bulk", "type": "ldap", "url": openldap.url, "base_dn": bulk,
-                             "bind_dn": bind_dn, "password_file": secret, "tls": {"ca_file": str(openldap.ca_file)},
-                             "page_size": 20}],
-            "inventory": "inventory.yaml", "reports": {"directory": "reports"}}))
 
-    write(openldap.reader_dn, "reader")
-    cal_agent(config, "run", "--once", check=True)
-    before = json.loads(cal_agent(config, "report", check=True).stdout)
-    assert before["directories"][0]["last_sync"]["computers"] == 60
-    write(openldap.limited_reader_dn, "limited")
-    failed = cal_agent(config, "sync")
-    assert failed.returncode == 3, failed.stdout + failed.stderr
-    assert "bulk: sync FAILED, nothing was changed" in failed.stderr
-    assert "size limit" in failed.stderr.lower() and "Traceback" not in failed.stderr
-    cal_agent(config, "reconcile", check=True)
-    after = json.loads(cal_agent(config, "report", check=True).stdout)
-    assert after["drift"] == {"new": [], "resolved": [], "principals": []}
-    assert after["directories"][0]["last_sync"]["status"] == "failed"
-    assert after["directories"][0]["last_successful_sync"] == before["directories"][0]["last_successful_sync"]
+def test_time_limit_exceeded_mid_read_changes_nothing(openldap_faults, tmp_path):
+    """slapd's own time limit stops the read of the computers after 50 of 60: the timed reader may
+    search for one second (olcLimits time=1) and pc50 takes the server two seconds to return
+    (slapo-retcode errSleepTime).  Applied, that read would have made 9 licensed computers `missing`
+    (too few for the departure guard to hold); instead the sync fails, says which limit to raise,
+    and changes nothing; with the limit lifted the next cycle works (issue 7)."""
+    bulk = Bulk(openldap_faults, tmp_path, fault_at=50, err_code=0, sleep_seconds=2)
+    before = bulk.first_cycle()  # the unlimited reader waits the two seconds
+    bulk.bind_as(openldap_faults.timed_reader_dn, openldap_faults.timed_reader_password)
+    message = bulk.failed_sync(["the search stopped early at the server's time limit (timeLimitExceeded)",
+                                "read is incomplete and was discarded"])
+    assert "raise the server's time limit for the bind account" in message and "time=unlimited" in message
+    bulk.nothing_changed_since(before)
+    bulk.bind_as(openldap_faults.reader_dn, openldap_faults.reader_password)  # the admin lifts the limit
+    bulk.next_cycle_works(before)
+
+
+def test_a_referral_for_base_dn_changes_nothing_and_names_the_server(openldap, tmp_path):
+    """The directory's OU has moved elsewhere and a referral object took its place: slapd answers
+    the read with a referral (result code 10) instead of entries.  The sync fails, names the server
+    it was referred to and what to change, and changes nothing (the 60 computers stay licensed,
+    none `missing`); once the OU is back the next cycle works (issue 7)."""
+    bulk = Bulk(openldap, tmp_path)
+    before = bulk.first_cycle()
+    rdn = bulk.base.split(",")[0]
+    moved = openldap.rename(bulk.base, f"{rdn}-moved")
+    elsewhere = f"ldap://dc2.example.com/{moved}"
+    openldap.add_referral(bulk.base, elsewhere)
+    try:
+        message = bulk.failed_sync([f"the search stopped early at a referral to another server (referral to "
+                                    f"{elsewhere}", "read is incomplete and was discarded"])
+        assert "point directories[].url (and base_dn) there" in message
+        bulk.nothing_changed_since(before)
+    finally:
+        openldap.delete(bulk.base)
+        openldap.rename(moved, rdn)
+    bulk.next_cycle_works(before)
