@@ -1,14 +1,19 @@
-"""Store and disk faults: PostgreSQL down or restarted, SQLite locked by another process, a full
-disk under the reports.  A clear error, nothing corrupted, and the next cycle recovers (issue 7)."""
+"""Store and disk faults: PostgreSQL down or restarted (between cycles, or in the middle of a
+cycle's transaction), SQLite locked by another process, a full disk under the reports.  A clear
+error, nothing corrupted, and the next cycle recovers (issue 7)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
 import uuid
 
+import psycopg
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from tests.test_register import Site
 
@@ -40,6 +45,54 @@ def test_postgresql_restarted_between_cycles_is_not_noticed(pg_site, postgres_se
     postgres_server.restart()  # the agent's pooled connections are now dead
     pg_site.run("run", "--once")
     assert json.loads(pg_site.run("report").stdout)["run"]["id"] == 2
+
+
+@contextlib.contextmanager
+def postgresql_restarted_before(server, statement: str):
+    """While active: just before the agent (in this process) sends the first SQL statement that
+    starts with `statement`, PostgreSQL is restarted (`pg_ctl restart -m fast`, which ends every
+    session and rolls back its open transaction); then the agent carries on with that statement.
+    Yields a list that gets the state of the agent's backend (pg_stat_activity) when the restart began."""
+    seen: list[str] = []
+
+    def restart(conn, cursor, sql, parameters, context, executemany) -> None:
+        if seen or not sql.startswith(statement):
+            return
+        backend = conn.connection.dbapi_connection.info.backend_pid
+        with psycopg.connect(host=server.host, port=server.port, user=server.user, dbname="postgres",
+                             autocommit=True) as admin:
+            seen.append(admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()[0])
+        server.restart()
+
+    event.listen(Engine, "before_cursor_execute", restart)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", restart)
+
+
+@pytest.mark.parametrize("statement", [
+    pytest.param("UPDATE principals", id="sync"),  # the sync's transaction: principals read, being updated
+    pytest.param("INSERT INTO run_findings", id="reconcile"),  # the run and its report written, findings next
+])
+def test_postgresql_restarted_mid_transaction_is_a_clear_error_and_the_next_cycle_recovers(pg_site, postgres_server,
+                                                                                           statement):
+    before = json.loads(pg_site.run("report").stdout)
+    with postgresql_restarted_before(postgres_server, statement) as restarted_in:
+        failed = pg_site.run("run", "--once", expect=4)
+    assert restarted_in == ["idle in transaction"]  # the restart did land inside the cycle's open transaction
+    assert "database error on" in failed.stderr and "server closed the connection unexpectedly" in failed.stderr
+    assert "in the middle of a transaction; the database rolled it back" in failed.stderr
+    assert "run again once the database is up" in failed.stderr and "Traceback" not in failed.stderr
+    # No half-written run: the failed cycle left no run behind, the latest report is the one before.
+    assert [r["run"] for r in json.loads(pg_site.run("runs", "--format", "json").stdout)] == [before["run"]["id"]]
+    assert json.loads(pg_site.run("report").stdout) == before
+    pg_site.run("run", "--once")
+    after = json.loads(pg_site.run("report").stdout)
+    assert after["run"]["previous_id"] == before["run"]["id"]
+    assert after["directories"][0]["last_sync"]["status"] == "ok"
+    assert after["findings"] == before["findings"] and after["products"] == before["products"]
+    assert after["drift"] == {"new": [], "resolved": [], "principals": []}
 
 
 def test_sqlite_locked_by_another_process_is_a_clear_error_then_recovers(tmp_path):

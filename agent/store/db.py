@@ -65,7 +65,13 @@ class Store:
             with session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            raise StoreError(f"database error on {self.safe_url}: {_reason(exc)}") from None
+            hint = None
+            if getattr(exc, "connection_invalidated", False):
+                # The server went away mid-transaction (restarted, failed over, connection killed).
+                hint = ("the connection to the database was lost in the middle of a transaction; the database "
+                        "rolled it back, so none of it was kept: run again once the database is up (the "
+                        "service retries by itself)")
+            raise StoreError(f"database error on {self.safe_url}: {_reason(exc)}", hint=hint) from None
         finally:
             session.close()
 

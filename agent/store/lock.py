@@ -19,10 +19,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import structlog
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from agent.errors import StoreError
 from agent.store.db import Store
+
+log = structlog.get_logger("agent.store.lock")
 
 
 def _advisory_key(store: Store) -> int:
@@ -57,8 +61,16 @@ def store_lock(store: Store) -> Iterator[None]:
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                conn.commit()
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    conn.commit()
+                except SQLAlchemyError as exc:
+                    # The lock's connection broke (PostgreSQL restarted or ended it during the cycle):
+                    # the server released the session's lock with it.  Not an error of its own, and it
+                    # must not hide the cycle's: the connection is dropped instead of going back to the pool.
+                    conn.invalidate()
+                    log.warning("store.lock_connection_lost", database=store.safe_url,
+                                error=str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
         return
     yield
 
