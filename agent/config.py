@@ -268,6 +268,10 @@ class LdapConfig(RequiredSecret):
     page_size: Annotated[int, Field(ge=1, le=10000)] = 500
     timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     attributes: LdapAttributes = LdapAttributes()
+    # Read only entries changed since the last sync (entryCSN / modifyTimestamp); deletions and
+    # moves out of base_dn show at the next complete read, made every `full_sync_every`.
+    incremental: bool = True
+    full_sync_every: Annotated[str, AfterValidator(_check_duration)] = "24h"
 
     @field_validator("url")
     @classmethod

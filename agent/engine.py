@@ -60,8 +60,9 @@ def sync_directories(config: Config, store: Store, only: str | None = None, *, a
         judge_at = directory.as_of if isinstance(directory, LdifConfig) else None
         try:
             reader = make_reader(directory)
-            incremental = isinstance(directory, ActiveDirectoryConfig) and directory.incremental
-            every = duration_seconds(directory.full_sync_every) if isinstance(directory, ActiveDirectoryConfig) else None
+            reads_changes = isinstance(directory, (ActiveDirectoryConfig, LdapConfig))
+            incremental = reads_changes and directory.incremental
+            every = duration_seconds(directory.full_sync_every) if reads_changes else None
             outcomes.append(run_sync(store, directory.name, reader, inactive_after_days=directory.inactive_after_days,
                                      judge_at=judge_at, max_departures=directory.max_departures,
                                      accept_departures=accept_departures, incremental=incremental,

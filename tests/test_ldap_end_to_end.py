@@ -134,9 +134,10 @@ def test_full_cycle_gives_the_findings_an_auditor_would_raise(corp):
     t, n = corp.tag, corp.n
     run = cal_agent(corp.config, "run", "--once")
     assert run.returncode == 0, run.stderr
-    # frank leaves after the first sync: LDAP keeps nothing, so a complete read calls him missing.
+    # frank leaves after the first sync: LDAP keeps nothing, so a complete read calls him missing
+    # (an incremental read cannot see a deletion: docs/directory.md).
     corp.ldap.delete(corp.dn["frank"])
-    cal_agent(corp.config, "sync", check=True)
+    cal_agent(corp.config, "sync", "--full", check=True)
     reconcile = cal_agent(corp.config, "reconcile", "--check")
     assert reconcile.returncode == 1, reconcile.stdout + reconcile.stderr
     report = json.loads(cal_agent(corp.config, "report", "--format", "json", check=True).stdout)

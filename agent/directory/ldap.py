@@ -6,12 +6,19 @@ searched and how entries decode (``ldap_entries``, docs/directory.md "Generic LD
 - three paged searches under base_dn: users, then groups, then computers (each by its filter);
   users first so that posixGroup ``memberUid`` values resolve to the users' DNs;
 - no tombstones: a deleted entry is simply absent after a complete read (-> missing);
+- incremental reads by ``entryCSN`` (OpenLDAP) or ``modifyTimestamp`` (389-DS, FreeIPA, others):
+  only entries changed since the watermark, which is the newest change seen, less the read's
+  duration and a clock margin (an entry changed during a read may carry an older stamp than one
+  read after it).  Deletions and moves out of base_dn leave no trace in such a read: they are seen
+  at the next complete read (``full_sync_every``, default 24h);
 - any error makes the whole read fail, nothing is applied.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import ldap3
@@ -21,8 +28,17 @@ from pydantic import SecretStr
 
 from agent.config import LdapConfig
 from agent.directory import decode
-from agent.directory.ad import PAGED_RESULTS_OID, ActiveDirectoryReader, _ldap_reason
-from agent.directory.ldap_entries import MEMBER_ATTRIBUTES, STATE_ATTRIBUTES, entry_from_ldap, user_uids
+from agent.directory.ad import PAGED_RESULTS_OID, ActiveDirectoryReader, ChangeSince, DcIdentity, _ldap_reason
+from agent.directory.ldap_entries import (
+    CHANGE_ATTRIBUTES,
+    MEMBER_ATTRIBUTES,
+    STATE_ATTRIBUTES,
+    change_filter_value,
+    change_stamp,
+    entry_from_ldap,
+    identity,
+    user_uids,
+)
 from agent.directory.records import DirectoryEntry, EntryKind, ReadStats
 from agent.errors import DirectoryError
 
@@ -31,7 +47,13 @@ log = structlog.get_logger("agent.directory.ldap")
 
 class LdapReader(ActiveDirectoryReader):
     config: LdapConfig
-    supports_incremental = False  # no uSNChanged: every sync is a complete read
+    supports_incremental = True  # by entryCSN or modifyTimestamp (module docstring)
+    # Stamps come from the server's clock, possibly several servers' (multi-master): a change
+    # stamped up to this long before the newest stamp seen is read again next time.
+    CLOCK_MARGIN_S = 60
+    # No tombstones, no committed-change counter: the watermark never ages out by a lifetime
+    # (full_sync_every decides), and a restore is noticed by the base entry's new identity.
+    NO_LIFETIME_DAYS = 36500
     _BASE_DN_HINT = "check directories[].base_dn (e.g. dc=example,dc=com) and the server's ACL for the bind account"
     _SIZE_LIMIT_HINT = ("the server's size limit applies to the bind account despite paging: raise it for that "
                         "account (OpenLDAP: limits dn.exact=\"<bind_dn>\" size.prtotal=unlimited)")
@@ -39,10 +61,13 @@ class LdapReader(ActiveDirectoryReader):
 
     def __init__(self, config: LdapConfig, password: SecretStr) -> None:
         super().__init__(config, password)  # type: ignore[arg-type]  (same connection settings)
+        # Set by the sync: the stored users' DNs by lower-cased uid, to resolve posixGroup
+        # memberUid values of users an incremental read did not return (called at most once).
+        self.stored_uids: Callable[[], dict[str, str]] | None = None
 
     def _attributes(self, kind: EntryKind) -> list[str]:
         names = self.config.attributes
-        wanted = [names.identity, names.display_name, names.mail, *STATE_ATTRIBUTES,
+        wanted = [names.identity, names.display_name, names.mail, *STATE_ATTRIBUTES, *CHANGE_ATTRIBUTES,
                   {EntryKind.USER: names.user_name, EntryKind.GROUP: names.group_name,
                    EntryKind.COMPUTER: names.computer_name}[kind]]
         if kind is EntryKind.GROUP:
@@ -93,26 +118,52 @@ class LdapReader(ActiveDirectoryReader):
                     out[name.lower()] = [decode.text(v) or "" for v in values]
         return out
 
-    def read(self) -> Iterator[DirectoryEntry]:
-        """Stream every user, then group, then computer under base_dn."""
+    def read(self, *, since: ChangeSince | None = None) -> Iterator[DirectoryEntry]:
+        """Stream every user, then group, then computer under base_dn; with ``since`` (given the
+        server's identity, the watermark or None), only those changed since the watermark."""
         counts = {kind: 0 for kind in EntryKind}
         searches = pages = 0
         uid_to_dn: dict[str, str] = {}
+        self.incremental_from = None
+        self.out_of_scope = set()
         conn = self.connect()
         try:
+            change_attribute, base_identity = self._read_base(conn)
+            searches += 1
+            self.dc = DcIdentity(host=self._server_name(), invocation_id=base_identity if change_attribute else None,
+                                 highest_usn=2 ** 62, tombstone_lifetime_days=self.NO_LIFETIME_DAYS,
+                                 naming_context=self.config.base_dn)
+            watermark = since(self.dc) if since is not None and change_attribute else None
+            self.incremental_from = watermark
+            began = time.monotonic()
+            newest: int | None = None
+            stored_merged = False
             for kind, search_filter in self._searches():
+                if watermark is not None:
+                    search_filter = f"(&({change_attribute}>={change_filter_value(change_attribute, watermark)})" \
+                                    f"{search_filter})"
                 searches += 1
                 last_page = 0
                 for dn, raw, page_count in self._paged_search(conn, self.config.base_dn, search_filter,
                                                               self._attributes(kind)):
                     last_page = page_count
+                    if (kind is EntryKind.GROUP and watermark is not None and not stored_merged
+                            and self.stored_uids is not None and any(n.lower() == "memberuid" for n in raw)):
+                        # An incremental read returns only changed users: memberUid values of the
+                        # others resolve against the store (loaded once, for the first such group).
+                        uid_to_dn = {**self.stored_uids(), **uid_to_dn}
+                        stored_merged = True
                     entry = self._ldap_entry(dn, raw, kind, uid_to_dn)
                     if kind is EntryKind.USER:
                         for uid in user_uids(raw):
                             uid_to_dn.setdefault(uid, dn)
+                    stamp = change_stamp(raw, change_attribute) if change_attribute else None
+                    if stamp is not None and (newest is None or stamp > newest):
+                        newest = stamp
                     counts[kind] += 1
                     yield entry
                 pages += last_page
+            self.dc = self._next_watermark(watermark, newest, time.monotonic() - began)
         except ldap_exc.LDAPException as exc:
             raise self._read_error(exc) from None
         finally:
@@ -127,6 +178,41 @@ class LdapReader(ActiveDirectoryReader):
             searches=searches,
             pages=pages,
         )
+
+    def _server_name(self) -> str:
+        return self.config.url if self.ipc else f"{self.host}:{self.port}".lower()
+
+    def _read_base(self, conn: ldap3.Connection) -> tuple[str | None, str | None]:
+        """Which change stamp the server keeps (entryCSN, else modifyTimestamp, else none) and the
+        base entry's identity (a rebuilt or reloaded server gives it a new one)."""
+        attrs = [self.config.attributes.identity, *CHANGE_ATTRIBUTES]
+        raw = {name.lower(): values for name, values in self._base_read(conn, self.config.base_dn, attrs).items()}
+        change = next((name for name in CHANGE_ATTRIBUTES if raw.get(name.lower())), None)
+        ident = raw.get(self.config.attributes.identity.lower())
+        try:
+            base_identity = identity(ident[0]) if ident else None
+        except ValueError:
+            base_identity = None
+        if base_identity is not None and len(base_identity) != 36:
+            base_identity = None  # not a UUID: cannot serve as the server's identity
+        return change, base_identity
+
+    def _next_watermark(self, watermark: int | None, newest: int | None, seconds: float) -> DcIdentity | None:
+        """The identity to store with the new watermark: the newest stamp seen, less the read's
+        duration and the clock margin; never below the watermark this read started from."""
+        if self.dc is None or self.dc.invocation_id is None:
+            return self.dc
+        if newest is None:
+            if watermark is None:
+                return DcIdentity(host=self.dc.host, invocation_id=None, highest_usn=0,
+                                  tombstone_lifetime_days=self.NO_LIFETIME_DAYS, naming_context=self.dc.naming_context)
+            mark = watermark
+        else:
+            mark = newest - int((seconds + self.CLOCK_MARGIN_S) * 1_000_000)
+            if watermark is not None:
+                mark = max(mark, watermark)
+        return DcIdentity(host=self.dc.host, invocation_id=self.dc.invocation_id, highest_usn=mark,
+                          tombstone_lifetime_days=self.NO_LIFETIME_DAYS, naming_context=self.dc.naming_context)
 
     def _ldap_entry(self, dn: str, raw, kind: EntryKind, uid_to_dn: dict[str, str]) -> DirectoryEntry:
         try:

@@ -37,6 +37,9 @@ STATE_ATTRIBUTES = (
     "gidNumber",
 )
 MEMBER_ATTRIBUTES = ("member", "uniqueMember", "memberUid")
+# Change stamps for incremental reads, in order of preference: OpenLDAP's entryCSN (microseconds),
+# else modifyTimestamp (seconds; 389-DS, FreeIPA and most servers).
+CHANGE_ATTRIBUTES = ("entryCSN", "modifyTimestamp")
 
 RawAttributes = Mapping[str, Sequence[bytes]]
 
@@ -183,3 +186,37 @@ def user_uids(raw: RawAttributes) -> list[str]:
     """The lower-cased ``uid`` values of a user, for resolving posixGroup memberUid."""
     attrs = normalise_attributes(raw)
     return [(decode.text(v) or "").strip().lower() for v in attrs.get("uid", ()) if v]
+
+
+def change_stamp(raw: RawAttributes, attribute: str) -> int | None:
+    """An entry's change stamp (``entryCSN`` or ``modifyTimestamp``) as microseconds since 1970,
+    None when absent or not understood (the entry is read, it just does not move the watermark)."""
+    values = raw.get(attribute)
+    if values is None:
+        wanted = attribute.lower()
+        values = next((v for name, v in raw.items() if name.lower() == wanted), None)
+    if not values:
+        return None
+    try:
+        text = values[0].decode("ascii").strip()
+        if attribute.lower() == "entrycsn":
+            # 20261124221942.271409Z#000000#000#000000: time (with microseconds)#count#sid#mod
+            stamp, _, fraction = text.partition("#")[0].rstrip("Z").partition(".")
+            moment = decode.generalized_time(stamp + "Z")
+            micros = int((fraction + "000000")[:6]) if fraction else 0
+        else:
+            moment, micros = decode.generalized_time(text), 0
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if moment is None:
+        return None
+    return int((moment - _UNIX_EPOCH).total_seconds()) * 1_000_000 + micros
+
+
+def change_filter_value(attribute: str, micros: int) -> str:
+    """The assertion value for ``(attribute>=...)`` at ``micros`` (microseconds since 1970): the
+    lowest CSN of that microsecond, or the second it falls in for modifyTimestamp."""
+    moment = _UNIX_EPOCH + timedelta(microseconds=micros)
+    if attribute.lower() == "entrycsn":
+        return moment.strftime("%Y%m%d%H%M%S.%fZ#000000#000#000000")
+    return moment.strftime("%Y%m%d%H%M%SZ")

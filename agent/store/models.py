@@ -134,6 +134,7 @@ class Principal(Base):
     pwd_last_set: Mapped[datetime | None] = mapped_column(UTCDateTime)
     when_created: Mapped[datetime | None] = mapped_column(UTCDateTime)
     primary_group_id: Mapped[int | None] = mapped_column(BigInteger)
+    gid_number: Mapped[int | None] = mapped_column(BigInteger)  # generic LDAP groups: a posixGroup's gidNumber
     dns_host_name: Mapped[str | None] = mapped_column(Text)
     operating_system: Mapped[str | None] = mapped_column(Text)
     operating_system_version: Mapped[str | None] = mapped_column(Text)

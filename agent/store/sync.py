@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import and_, bindparam, delete, func, or_, select
 
 from agent.compliance.lifecycle import principal_state
 from agent.directory import decode
@@ -44,6 +44,7 @@ _COPIED = (
     "pwd_last_set",
     "when_created",
     "primary_group_id",
+    "gid_number",
     "dns_host_name",
     "operating_system",
     "operating_system_version",
@@ -155,10 +156,12 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
         if tracks_usn and incremental and not force_full:
             decided = choose_mode(watermark, dc, now=now, base_dn=reader.config.base_dn,
                                   bind_dn=reader.config.bind_dn, full_sync_every=full_sync_every,
-                                  read_deleted=reader.config.read_deleted)
+                                  read_deleted=getattr(reader.config, "read_deleted", True))
             choice.usn, choice.reason = decided.usn, decided.reason
         return choice.usn
 
+    if hasattr(reader, "stored_uids"):
+        reader.stored_uids = lambda: _stored_uids(store, directory)
     for attempt in (1, 2):
         try:
             entries = _read_all(reader, progress, since if tracks_usn else None)
@@ -222,6 +225,15 @@ def _read_all(reader, progress, since) -> dict[str, DirectoryEntry]:
     return entries
 
 
+def _stored_uids(store: Store, directory: str) -> dict[str, str]:
+    """Stored, live users' DNs by lower-cased name (uid, for generic LDAP's memberUid)."""
+    c = _PRINCIPALS.c
+    with store.session() as session:
+        rows = session.execute(select(c.name_key, c.dn).where(
+            c.directory == directory, c.kind == EntryKind.USER.value, c.state.not_in(_GONE)))
+        return {name: dn for name, dn in rows}
+
+
 def _left_scope(store: Store, directory: str, guids: set[str]) -> set[str]:
     """Stored, not yet departed principals among objects that changed outside base_dn."""
     if not guids:
@@ -249,13 +261,24 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                   watermark: dict | None = None) -> SyncOutcome:
     """Apply ``entries``: a complete read, or (``incremental``) only the entries that changed, the
     other stored principals keeping their values (their state is judged again, as a complete read
-    would, since expiry and inactivity come with time).  ``watermark``: stored in the same transaction."""
+    would, since expiry and inactivity come with time).  ``watermark``: stored in the same transaction.
+
+    Written with SQLAlchemy Core in batches (executemany), not row by row through the ORM: a
+    complete read of 125,000 entries is ~375,000 rows to insert (docs/performance.md).  Only
+    columns whose values changed are updated, so an unchanged directory rewrites nothing but
+    ``last_seen``."""
     entries = list(entries)
     outcome = SyncOutcome(directory=directory, sync_id=sync_id, status="ok",
                           mode="incremental" if incremental else "full", reason=reason, read=len(entries))
-    events: list[tuple[Principal, str, str | None, str | None]] = []
+    events: list[tuple[dict, str, str | None, str | None]] = []
+    inserts: list[dict] = []
+    updates: dict[str, dict] = {}  # guid -> changed columns of a stored principal
     with store.session() as session:
-        existing = {p.guid: p for p in session.scalars(select(Principal).where(Principal.directory == directory))}
+        conn = session.connection()
+        if incremental:
+            existing = _load_principals(conn, directory, guids=[e.guid for e in entries])
+        else:
+            existing = _load_principals(conn, directory)
         seen: set[str] = set()
         for entry in entries:
             seen.add(entry.guid)
@@ -270,56 +293,70 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
             else:
                 outcome.computers += 1
             if row is None:
-                row = Principal(directory=directory, guid=entry.guid, state=state.value,
-                                state_since=since or judge_at, first_seen=now, last_seen=now)
-                _copy(entry, row)
-                session.add(row)
+                row = {"id": None, "directory": directory, "guid": entry.guid, **_entry_values(entry),
+                       "state": state.value, "state_since": since or judge_at, "first_seen": now, "last_seen": now}
+                inserts.append(row)
                 existing[entry.guid] = row
                 events.append((row, "joined" if not entry.deleted else "deleted", None, state.value))
                 continue
+            changed = updates.setdefault(entry.guid, {})
+            changed["last_seen"] = now
             if entry.deleted:
                 # Tombstones keep few attributes and a mangled DN: keep the last live values.
-                if row.state != PrincipalState.DELETED:
-                    events.append((row, "state", row.state, PrincipalState.DELETED.value))
-                    row.state, row.state_since = PrincipalState.DELETED.value, now
-                row.last_seen = now
+                if row["state"] != PrincipalState.DELETED:
+                    events.append((row, "state", row["state"], PrincipalState.DELETED.value))
+                    changed["state"], changed["state_since"] = PrincipalState.DELETED.value, now
+                row.update(changed)
                 continue
-            if decode.dn_key(row.dn) != decode.dn_key(entry.dn):
-                events.append((row, "moved", row.dn, entry.dn))
-            if row.name != entry.name:
-                events.append((row, "renamed", row.name, entry.name))
-            rds = rds_licenses_json(entry.rds_licenses)
-            if row.rds_licenses != rds:
+            values = _entry_values(entry)
+            if decode.dn_key(row["dn"]) != decode.dn_key(entry.dn):
+                events.append((row, "moved", row["dn"], entry.dn))
+            if row["name"] != entry.name:
+                events.append((row, "renamed", row["name"], entry.name))
+            if row["rds_licenses"] != values["rds_licenses"]:
                 # A change, not a lifecycle event: a licence server issued, renewed or dropped a
                 # per-user RDS CAL.  The state is decided as before.
-                events.append((row, "rds_licenses", row.rds_licenses, rds))
-            _copy(entry, row)
-            if row.state != state.value:
-                events.append((row, "state", row.state, state.value))
-                row.state, row.state_since = state.value, since or judge_at
-            row.last_seen = now
-        for guid, row in existing.items():
-            if guid in seen or row.state in (PrincipalState.MISSING, PrincipalState.DELETED):
-                continue
-            if incremental:
-                # Unchanged in the directory, but expiry and inactivity come with time: judge the
-                # stored values as a complete read would judge the same values.
+                events.append((row, "rds_licenses", row["rds_licenses"], values["rds_licenses"]))
+            for name, value in values.items():
+                if row[name] != value:
+                    changed[name] = value
+            if row["state"] != state.value:
+                events.append((row, "state", row["state"], state.value))
+                changed["state"], changed["state_since"] = state.value, since or judge_at
+            row.update(changed)
+        if incremental:
+            # Unchanged in the directory, but expiry and inactivity come with time: judge the
+            # stored values as a complete read would judge the same values (only the principals
+            # whose dates make a change possible are loaded).
+            for guid, row in _time_candidates(conn, directory, judge_at, inactive_after_days, seen).items():
+                existing[guid] = row
                 state, since = principal_state(_stored_entry(row), at=judge_at,
                                                inactive_after_days=inactive_after_days)
-                if row.state != state.value:
-                    events.append((row, "state", row.state, state.value))
-                    row.state, row.state_since = state.value, since or judge_at
-                continue
-            # Only reached after a complete read: the object is gone and left no tombstone we
-            # could read (tombstone lifetime passed, or the bind account cannot list them).
-            events.append((row, "state", row.state, PrincipalState.MISSING.value))
-            row.state, row.state_since = PrincipalState.MISSING.value, now
+                if row["state"] != state.value:
+                    events.append((row, "state", row["state"], state.value))
+                    change = {"state": state.value, "state_since": since or judge_at}
+                    updates.setdefault(guid, {}).update(change)
+                    row.update(change)
+        else:
+            for guid, row in existing.items():
+                if guid in seen or row["state"] in _GONE:
+                    continue
+                # Only reached after a complete read: the object is gone and left no tombstone we
+                # could read (tombstone lifetime passed, or the bind account cannot list them).
+                events.append((row, "state", row["state"], PrincipalState.MISSING.value))
+                change = {"state": PrincipalState.MISSING.value, "state_since": now}
+                updates.setdefault(guid, {}).update(change)
+                row.update(change)
         departures = [(row, new) for row, kind, old, new in events
                       if kind == "state" and old == PrincipalState.ACTIVE.value and new in _DEPARTED
-                      and row.kind != EntryKind.GROUP.value]
-        departed_rows = {id(row) for row, _new in departures}
-        active_before = sum(1 for row in existing.values() if row.kind != EntryKind.GROUP.value and row.id is not None
-                            and (row.state == PrincipalState.ACTIVE.value or id(row) in departed_rows))
+                      and row["kind"] != EntryKind.GROUP.value]
+        if incremental:
+            active_before = _count_active(conn, directory)
+        else:
+            departed_rows = {id(row) for row, _new in departures}
+            active_before = sum(1 for row in existing.values() if row["kind"] != EntryKind.GROUP.value
+                                and row["id"] is not None
+                                and (row["state"] == PrincipalState.ACTIVE.value or id(row) in departed_rows))
         limit = departure_limit(active_before, max_departures)
         if departures and len(departures) > limit and not accept_departures:
             by_state: dict[str, int] = {}
@@ -332,24 +369,26 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 f"departed ({detail}), more than the limit of {limit}; nothing was changed",
                 hint="if a DC, filter or base_dn problem caused this, fix it; if the departures are real, run "
                 "`cal-agent sync --accept-departures` once (or raise directories[].max_departures)")
-        session.flush()
+        _write_principals(conn, existing, inserts, updates)
         if incremental:
-            _sync_memberships_incremental(session, directory, entries, existing)
+            _sync_memberships_incremental(conn, directory, entries, existing)
         else:
-            _sync_memberships(session, directory, entries, existing)
+            _sync_memberships(conn, directory, entries, existing)
+        event_rows = []
         for row, kind, old, new in events:
-            session.add(PrincipalEvent(sync_id=sync_id, principal_id=row.id, at=now, event=kind, old=old, new=new))
+            event_rows.append({"sync_id": sync_id, "principal_id": row["id"], "at": now, "event": kind,
+                               "old": old, "new": new})
             key = kind if kind != "state" else f"became_{new}"
             outcome.events[key] = outcome.events.get(key, 0) + 1
+        _executemany(conn, PrincipalEvent.__table__.insert(), event_rows)
         sync = session.get(SyncRun, sync_id)
         sync.status = "ok"
         sync.finished_at = datetime.now(timezone.utc)
         if incremental:
             # What the directory holds now (as a complete read would count it), not what changed.
-            live = [row for row in existing.values() if row.state not in _GONE]
+            counts = _count_live(conn, directory)
             outcome.users, outcome.groups, outcome.computers = (
-                sum(1 for row in live if row.kind == kind.value)
-                for kind in (EntryKind.USER, EntryKind.GROUP, EntryKind.COMPUTER))
+                counts.get(kind.value, 0) for kind in (EntryKind.USER, EntryKind.GROUP, EntryKind.COMPUTER))
         sync.users, sync.groups, sync.computers = outcome.users, outcome.groups, outcome.computers
         sync.tombstones, sync.changes = outcome.tombstones, len(events)
         sync.mode, sync.reason = outcome.mode, reason
@@ -364,29 +403,99 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
 
 
 _GONE = (PrincipalState.MISSING.value, PrincipalState.DELETED.value)
+_PRINCIPALS = Principal.__table__
+_MEMBERSHIPS = Membership.__table__
+# The stored columns a sync reads back to compare with a directory entry.
+_LOADED = ("id", "guid", *_COPIED, "name_key", "rds_licenses", "state", "state_since")
+_BATCH = 5000  # rows per executemany (and ids per IN list: below every backend's parameter limit)
 
 
-def _stored_entry(row: Principal) -> DirectoryEntry:
+def _executemany(conn, statement, rows: list[dict]) -> None:
+    for start in range(0, len(rows), _BATCH):
+        conn.execute(statement, rows[start:start + _BATCH])
+
+
+def _entry_values(entry: DirectoryEntry) -> dict:
+    """The stored columns that come from a directory entry."""
+    values = {name: getattr(entry, name) for name in _COPIED}
+    values["kind"] = entry.kind.value
+    values["name_key"] = entry.name.lower()
+    values["rds_licenses"] = rds_licenses_json(entry.rds_licenses) if entry.rds_licenses else "[]"
+    return values
+
+
+def _load_principals(conn, directory: str, *, guids: list[str] | None = None,
+                     where=None) -> dict[str, dict]:
+    """Stored principals of ``directory`` (all, those with ``guids``, or matching ``where``) as plain dicts."""
+    columns = [_PRINCIPALS.c[name] for name in _LOADED]
+    base = select(*columns).where(_PRINCIPALS.c.directory == directory)
+    if where is not None:
+        base = base.where(where)
+    if guids is None:
+        return {row["guid"]: dict(row) for row in conn.execute(base).mappings()}
+    out: dict[str, dict] = {}
+    for start in range(0, len(guids), _BATCH):
+        chunk = guids[start:start + _BATCH]
+        for row in conn.execute(base.where(_PRINCIPALS.c.guid.in_(chunk))).mappings():
+            out[row["guid"]] = dict(row)
+    return out
+
+
+def _time_candidates(conn, directory: str, judge_at: datetime, inactive_after_days: int,
+                     seen: set[str]) -> dict[str, dict]:
+    """Stored users and computers, not read this time, whose state time alone may change:
+    their expiry has passed, or (active ones) none of their activity dates is recent."""
+    c = _PRINCIPALS.c
+    cutoff = judge_at - timedelta(days=inactive_after_days)
+    stale = and_(*[or_(column.is_(None), column < cutoff) for column in (c.last_logon, c.pwd_last_set,
+                                                                         c.when_created)])
+    where = and_(c.kind != EntryKind.GROUP.value,
+                 c.state.in_([PrincipalState.ACTIVE.value, PrincipalState.INACTIVE.value]),
+                 or_(c.account_expires <= judge_at, and_(c.state == PrincipalState.ACTIVE.value, stale)))
+    rows = _load_principals(conn, directory, where=where)
+    return {guid: row for guid, row in rows.items() if guid not in seen}
+
+
+def _count_active(conn, directory: str) -> int:
+    c = _PRINCIPALS.c
+    return conn.execute(select(func.count()).where(c.directory == directory, c.kind != EntryKind.GROUP.value,
+                                                   c.state == PrincipalState.ACTIVE.value)).scalar_one()
+
+
+def _count_live(conn, directory: str) -> dict[str, int]:
+    c = _PRINCIPALS.c
+    rows = conn.execute(select(c.kind, func.count()).where(c.directory == directory, c.state.not_in(_GONE))
+                        .group_by(c.kind))
+    return {kind: count for kind, count in rows}
+
+
+def _write_principals(conn, rows: dict[str, dict], inserts: list[dict], updates: dict[str, dict]) -> None:
+    """Insert the new principals (then learn their ids) and update the changed columns of the others."""
+    if inserts:
+        _executemany(conn, _PRINCIPALS.insert(), [{k: v for k, v in row.items() if k != "id"} for row in inserts])
+        directory = inserts[0]["directory"]
+        new = {row["guid"] for row in inserts}
+        for guid, pid in conn.execute(select(_PRINCIPALS.c.guid, _PRINCIPALS.c.id)
+                                      .where(_PRINCIPALS.c.directory == directory)):
+            if guid in new:
+                rows[guid]["id"] = pid
+    by_columns: dict[tuple[str, ...], list[dict]] = {}
+    for guid, changed in updates.items():
+        if changed:
+            by_columns.setdefault(tuple(sorted(changed)), []).append({"_id": rows[guid]["id"], **changed})
+    for columns, params in by_columns.items():
+        statement = (_PRINCIPALS.update().where(_PRINCIPALS.c.id == bindparam("_id"))
+                     .values({name: bindparam(name) for name in columns}))
+        _executemany(conn, statement, params)
+
+
+def _stored_entry(row: dict) -> DirectoryEntry:
     """A stored principal as the record a read of its unchanged object would give (for judging)."""
-    return DirectoryEntry(guid=row.guid, kind=EntryKind(row.kind), dn=row.dn, name=row.name, sid=row.sid,
-                          user_account_control=row.user_account_control, account_expires=row.account_expires,
-                          last_logon=row.last_logon, pwd_last_set=row.pwd_last_set, when_created=row.when_created,
-                          primary_group_id=row.primary_group_id)
-
-
-def _copy(entry: DirectoryEntry, row: Principal) -> None:
-    for name in _COPIED:
-        value = getattr(entry, name)
-        if name == "kind":
-            value = value.value
-        if getattr(row, name) != value:
-            setattr(row, name, value)
-    key = entry.name.lower()
-    if row.name_key != key:
-        row.name_key = key
-    rds = rds_licenses_json(entry.rds_licenses)
-    if row.rds_licenses != rds:
-        row.rds_licenses = rds
+    return DirectoryEntry(guid=row["guid"], kind=EntryKind(row["kind"]), dn=row["dn"], name=row["name"],
+                          sid=row["sid"], user_account_control=row["user_account_control"],
+                          account_expires=row["account_expires"], last_logon=row["last_logon"],
+                          pwd_last_set=row["pwd_last_set"], when_created=row["when_created"],
+                          primary_group_id=row["primary_group_id"])
 
 
 def rds_licenses_json(licenses: Iterable[RdsLicense]) -> str:
@@ -410,20 +519,20 @@ def rds_licenses_from_json(text: str | None) -> tuple[RdsLicense, ...]:
     )
 
 
-def _sync_memberships(session, directory: str, entries: list[DirectoryEntry], rows: dict[str, Principal]) -> None:
+def _sync_memberships(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, dict]) -> None:
     """Store direct memberships resolved to principal ids, changing only what differs."""
     live = [e for e in entries if not e.deleted]
-    by_dn = {decode.dn_key(e.dn): rows[e.guid].id for e in live}
-    group_by_sid = {e.sid: rows[e.guid].id for e in live if e.kind is EntryKind.GROUP and e.sid}
+    by_dn = {decode.dn_key(e.dn): rows[e.guid]["id"] for e in live}
+    group_by_sid = {e.sid: rows[e.guid]["id"] for e in live if e.kind is EntryKind.GROUP and e.sid}
     group_by_gid: dict[int, int] = {}
     for e in live:
         if e.kind is EntryKind.GROUP and e.gid_number is not None:
-            group_by_gid.setdefault(e.gid_number, rows[e.guid].id)
+            group_by_gid.setdefault(e.gid_number, rows[e.guid]["id"])
     wanted: dict[tuple[int, int], bool] = {}
     unresolved = 0
     for entry in live:
         if entry.kind is EntryKind.GROUP:
-            group_id = rows[entry.guid].id
+            group_id = rows[entry.guid]["id"]
             for member_dn in entry.members:
                 member_id = by_dn.get(decode.dn_key(member_dn))
                 if member_id is None:
@@ -434,48 +543,76 @@ def _sync_memberships(session, directory: str, entries: list[DirectoryEntry], ro
             # The primary group is not listed in the group's `member` (MS-ADA3 primaryGroupID).
             group_id = group_by_sid.get(f"{entry.domain_sid}-{entry.primary_group_id}")
             if group_id is not None:
-                wanted[(group_id, rows[entry.guid].id)] = True
+                wanted[(group_id, rows[entry.guid]["id"])] = True
         elif entry.primary_group_id is not None and entry.kind is EntryKind.USER and group_by_gid:
             # Generic LDAP: a user's gidNumber names its primary posixGroup, which need not list
             # the user in memberUid (like AD's primaryGroupID).
             group_id = group_by_gid.get(entry.primary_group_id)
             if group_id is not None:
-                wanted[(group_id, rows[entry.guid].id)] = True
-    ids = [r.id for r in rows.values()]
-    current: dict[tuple[int, int], Membership] = {}
-    if ids:
-        stmt = select(Membership).join(Principal, Principal.id == Membership.group_id).where(
-            Principal.directory == directory)
-        current = {(m.group_id, m.member_id): m for m in session.scalars(stmt)}
-    for key, membership in current.items():
-        if key not in wanted:
-            session.delete(membership)
-        elif membership.via_primary != wanted[key]:
-            membership.via_primary = wanted[key]
-    for key, via_primary in wanted.items():
-        if key not in current:
-            session.add(Membership(group_id=key[0], member_id=key[1], via_primary=via_primary))
+                wanted[(group_id, rows[entry.guid]["id"])] = True
+    _apply_memberships(conn, _load_memberships(conn, directory), wanted, lambda key, via_primary: key not in wanted)
     if unresolved:
         log.debug("sync.unresolved_members", directory=directory, count=unresolved)
 
 
-def _sync_memberships_incremental(session, directory: str, entries: list[DirectoryEntry],
-                                  rows: dict[str, Principal]) -> None:
+def _load_memberships(conn, directory: str, ids: set[int] | None = None) -> dict[tuple[int, int], bool]:
+    """Stored memberships of the directory's groups (or only those touching ``ids``)."""
+    m, p = _MEMBERSHIPS.c, _PRINCIPALS.c
+    base = select(m.group_id, m.member_id, m.via_primary)
+    if ids is None:
+        stmt = base.join(_PRINCIPALS, p.id == m.group_id).where(p.directory == directory)
+        return {(g, mem): bool(v) for g, mem, v in conn.execute(stmt)}
+    out: dict[tuple[int, int], bool] = {}
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), _BATCH // 2):
+        chunk = ordered[start:start + _BATCH // 2]
+        stmt = base.where(or_(m.group_id.in_(chunk), m.member_id.in_(chunk)))
+        out.update({(g, mem): bool(v) for g, mem, v in conn.execute(stmt)})
+    return out
+
+
+def _apply_memberships(conn, current: dict[tuple[int, int], bool], wanted: dict[tuple[int, int], bool],
+                       drop: Callable[[tuple[int, int], bool], bool]) -> None:
+    """Delete the current links ``drop`` says go, correct ``via_primary``, insert the missing ones."""
+    m = _MEMBERSHIPS.c
+    deletes, flips = [], []
+    for key, via_primary in current.items():
+        if drop(key, via_primary):
+            deletes.append({"g": key[0], "m": key[1]})
+        elif key in wanted and wanted[key] != via_primary:
+            flips.append({"g": key[0], "m": key[1], "v": wanted[key]})
+    where = and_(m.group_id == bindparam("g"), m.member_id == bindparam("m"))
+    _executemany(conn, _MEMBERSHIPS.delete().where(where), deletes)
+    _executemany(conn, _MEMBERSHIPS.update().where(where).values(via_primary=bindparam("v")), flips)
+    _executemany(conn, _MEMBERSHIPS.insert(), [{"group_id": g, "member_id": mem, "via_primary": v}
+                                               for (g, mem), v in wanted.items() if (g, mem) not in current])
+
+
+def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, dict]) -> None:
     """Memberships after an incremental read: a changed group's direct members are replaced by its
     `member` values (read in full); a changed principal's primary-group link is recomputed; links
     of deleted principals go.  Member DNs resolve against every stored principal (as updated)."""
-    live_rows = [row for row in rows.values() if row.state not in _GONE]
-    by_dn = {decode.dn_key(row.dn): row.id for row in live_rows}
-    group_by_sid = {row.sid: row.id for row in live_rows if row.kind == EntryKind.GROUP.value and row.sid}
-    gone = {rows[e.guid].id for e in entries if e.deleted}
-    changed_groups = {rows[e.guid].id for e in entries if not e.deleted and e.kind is EntryKind.GROUP}
-    changed = {rows[e.guid].id for e in entries if not e.deleted}
+    gone = {rows[e.guid]["id"] for e in entries if e.deleted}
+    changed_groups = {rows[e.guid]["id"] for e in entries if not e.deleted and e.kind is EntryKind.GROUP}
+    changed = {rows[e.guid]["id"] for e in entries if not e.deleted}
+    by_dn: dict[str, int] = {}
+    group_by_sid: dict[str, int] = {}
+    needs_dn = any(e.members for e in entries if not e.deleted and e.kind is EntryKind.GROUP)
+    needs_sid = any(e.primary_group_id is not None and e.domain_sid for e in entries if not e.deleted)
+    if needs_dn or needs_sid:
+        p = _PRINCIPALS.c
+        stmt = select(p.id, p.dn, p.kind, p.sid).where(p.directory == directory, p.state.not_in(_GONE))
+        for pid, dn, kind, sid in conn.execute(stmt):
+            if needs_dn:
+                by_dn[decode.dn_key(dn)] = pid
+            if sid and kind == EntryKind.GROUP.value:
+                group_by_sid[sid] = pid
     wanted: dict[tuple[int, int], bool] = {}
     for entry in entries:
         if entry.deleted:
             continue
         if entry.kind is EntryKind.GROUP:
-            group_id = rows[entry.guid].id
+            group_id = rows[entry.guid]["id"]
             for member_dn in entry.members:
                 member_id = by_dn.get(decode.dn_key(member_dn))
                 if member_id is not None:
@@ -483,29 +620,52 @@ def _sync_memberships_incremental(session, directory: str, entries: list[Directo
         if entry.primary_group_id is not None and entry.domain_sid:
             group_id = group_by_sid.get(f"{entry.domain_sid}-{entry.primary_group_id}")
             if group_id is not None:
-                wanted[(group_id, rows[entry.guid].id)] = True
-    ids = [row.id for row in rows.values()]
-    current: dict[tuple[int, int], Membership] = {}
-    if ids:
-        stmt = select(Membership).join(Principal, Principal.id == Membership.group_id).where(
-            Principal.directory == directory)
-        current = {(m.group_id, m.member_id): m for m in session.scalars(stmt)}
-    for key, membership in current.items():
+                wanted[(group_id, rows[entry.guid]["id"])] = True
+    _primary_posix_groups(conn, directory, entries, rows, wanted)
+    def drop(key: tuple[int, int], via_primary: bool) -> bool:
         group_id, member_id = key
         if group_id in gone or member_id in gone:
-            session.delete(membership)
-            continue
-        by_group, by_primary = group_id in changed_groups, member_id in changed
+            return True
         if key in wanted:
-            if wanted[key] and not membership.via_primary:
-                membership.via_primary = True
-            elif not wanted[key] and membership.via_primary and by_primary:
-                membership.via_primary = False  # no longer the primary group, still listed in `member`
-        elif (membership.via_primary and by_primary) or (not membership.via_primary and by_group):
-            session.delete(membership)
-    for key, via_primary in wanted.items():
-        if key not in current:
-            session.add(Membership(group_id=key[0], member_id=key[1], via_primary=via_primary))
+            return False
+        return (via_primary and member_id in changed) or (not via_primary and group_id in changed_groups)
+
+    current = _load_memberships(conn, directory, gone | changed)
+    flips_back = {key: False for key, via_primary in current.items()
+                  if key in wanted and via_primary and not wanted[key] and key[1] not in changed}
+    # A primary-group link stays primary unless its member changed (no longer the primary group,
+    # still listed in `member`): only then does via_primary turn off.
+    wanted_now = {**wanted, **{key: True for key in flips_back}}
+    _apply_memberships(conn, current, wanted_now, drop)
+
+
+def _primary_posix_groups(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, dict],
+                          wanted: dict[tuple[int, int], bool]) -> None:
+    """Generic LDAP, incremental: a changed user's gidNumber links it to the posixGroup with that
+    gidNumber, and a changed posixGroup gets its primary members back, from the stored values."""
+    users = [e for e in entries if not e.deleted and e.kind is EntryKind.USER and e.primary_group_id is not None
+             and not e.domain_sid]
+    groups = [e for e in entries if not e.deleted and e.kind is EntryKind.GROUP and e.gid_number is not None]
+    if not users and not groups:
+        return
+    p = _PRINCIPALS.c
+    live = and_(p.directory == directory, p.state.not_in(_GONE))
+    group_by_gid: dict[int, int] = {}
+    for pid, gid in conn.execute(select(p.id, p.gid_number).where(live, p.kind == EntryKind.GROUP.value,
+                                                                   p.gid_number.is_not(None)).order_by(p.id)):
+        group_by_gid.setdefault(gid, pid)
+    for entry in users:
+        group_id = group_by_gid.get(entry.primary_group_id)
+        if group_id is not None:
+            wanted[(group_id, rows[entry.guid]["id"])] = True
+    gids = sorted({e.gid_number for e in groups})
+    for start in range(0, len(gids), _BATCH):
+        stmt = select(p.id, p.primary_group_id).where(live, p.kind == EntryKind.USER.value,
+                                                      p.primary_group_id.in_(gids[start:start + _BATCH]))
+        for pid, gid in conn.execute(stmt):
+            group_id = group_by_gid.get(gid)
+            if group_id is not None:
+                wanted[(group_id, pid)] = True
 
 
 def forget_directory(store: Store, directory: str) -> None:
