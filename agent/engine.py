@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 import os
 import tempfile
@@ -28,7 +27,7 @@ from agent.directory import make_reader
 from agent.errors import CalAgentError, InventoryError, NoDataError, StoreError
 from agent.inventory.ledger import Ledger
 from agent.inventory.register import Inventory, load_inventory
-from agent.reports.json_report import build_report, iso
+from agent.reports.json_report import build_report, dumps_pretty, iso
 from agent.store.db import Store
 from agent.store.models import Membership, Principal, PrincipalEvent, Run, RunFinding, SyncRun
 from agent.store.sync import SyncOutcome, rds_licenses_from_json, run_sync
@@ -169,8 +168,10 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
                               principal_changes=_principal_changes(session, previous_run, config))
         run.report = report
         run.errors, run.warnings = report["summary"]["errors"], report["summary"]["warnings"]
-        for f in report["findings"]:
-            session.add(RunFinding(run_id=run.id, key=f["key"], kind=f["kind"], severity=f["severity"]))
+        findings = [{"run_id": run.id, "key": f["key"], "kind": f["kind"], "severity": f["severity"]}
+                    for f in report["findings"]]
+        for start in range(0, len(findings), 5000):  # one executemany per batch, not one ORM object each
+            session.execute(RunFinding.__table__.insert(), findings[start:start + 5000])
         run_id = run.id
     log.info("reconcile.finished", run=run_id, compliant=result.compliant, findings=len(result.findings),
              shortfall=result.shortfall, new=len(report["drift"]["new"]), resolved=len(report["drift"]["resolved"]))
@@ -229,7 +230,7 @@ def stored_report(store: Store, run_id: int | None = None) -> dict[str, Any]:
 
 def render(report: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+        return dumps_pretty(report)
     if fmt == "html":
         from agent.reports.html import render_html
 

@@ -511,6 +511,8 @@ def rds_licenses_json(licenses: Iterable[RdsLicense]) -> str:
 
 def rds_licenses_from_json(text: str | None) -> tuple[RdsLicense, ...]:
     """The inverse of ``rds_licenses_json``."""
+    if text is None or text == "[]":
+        return ()  # nearly every principal: not worth a JSON parse each
     return tuple(
         RdsLicense(version=item.get("version"),
                    expires=datetime.fromisoformat(item["expires"]) if item.get("expires") else None,
