@@ -397,3 +397,26 @@ def test_a_referral_for_base_dn_changes_nothing_and_names_the_server(openldap, t
         openldap.delete(bulk.base)
         openldap.rename(moved, rdn)
     bulk.next_cycle_works(before)
+
+
+def test_a_continuation_reference_inside_base_dn_changes_nothing(openldap, tmp_path):
+    """Part of base_dn (an OU with 5 computers) is delegated to another server, a referral object in
+    its place: slapd returns the other 55 plus a continuation reference (searchResultReference).
+    The entries behind it were not read, so the sync must fail rather than make them `missing`."""
+    bulk = Bulk(openldap, tmp_path, count=55)
+    branch = openldap.add_ou("branch", bulk.base)
+    for i in range(5):
+        openldap.add(f"cn=br{i:02d},{branch}", ["device"], {"cn": f"br{i:02d}"})
+    bulk.bind_as(openldap.reader_dn, openldap.reader_password)
+    cal_agent(bulk.config, "run", "--once", check=True)
+    before = bulk.report()
+    assert before["directories"][0]["last_sync"]["computers"] == 60
+    for i in range(5):
+        openldap.delete(f"cn=br{i:02d},{branch}")
+    openldap.delete(branch)
+    openldap.add_referral(branch, f"ldap://dc2.example.com/{branch}")
+    bulk.failed_sync(["held by another server", "ldap://dc2.example.com/", "set base_dn to a subtree"])
+    bulk.nothing_changed_since(before)
+    # Without the referral (the branch back on this server, its entries gone) the next sync works.
+    openldap.delete(branch)
+    cal_agent(bulk.config, "sync", check=True)

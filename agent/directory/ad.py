@@ -72,6 +72,9 @@ ChangeSince = Callable[[DcIdentity], "int | None"]
 
 class ActiveDirectoryReader:
     supports_incremental = True  # read(since=...) can read only what changed (AD's uSNChanged)
+    # AD answers a search of the domain root with references to its other naming contexts
+    # (Configuration, DomainDnsZones...): not part of what is read, so they are skipped.
+    _REFERENCES_ARE_GAPS = False
 
     def __init__(self, config: ActiveDirectoryConfig, password: SecretStr) -> None:
         self.config = config
@@ -387,10 +390,18 @@ class ActiveDirectoryReader:
         while True:
             # The page is collected before its entries are handed out: callers may use the
             # connection for each entry (ranged reads), which must wait until the page is complete.
+            references: list[str] | None = [] if self._REFERENCES_ARE_GAPS else None
             entries = list(wire.search_page(conn, base, search_filter, attributes, scope=scope,
-                                            page_size=self.config.page_size, controls=controls, cookie=cookie))
+                                            page_size=self.config.page_size, controls=controls, cookie=cookie,
+                                            references=references))
             page += 1
             _require_complete(conn, self.config.url)
+            if references:
+                raise DirectoryError(
+                    f"{self.config.url}: part of {base!r} is held by another server (continuation reference to "
+                    f"{', '.join(sorted(set(references)))}); the read is incomplete and was discarded",
+                    hint="set base_dn to a subtree this server holds entirely, and add the other server as a "
+                    "directory of its own")
             for dn, attrs in entries:
                 yield dn, attrs, page
             previous, cookie = cookie, (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID, {}).get(

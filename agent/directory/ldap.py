@@ -48,6 +48,9 @@ log = structlog.get_logger("agent.directory.ldap")
 class LdapReader(ActiveDirectoryReader):
     config: LdapConfig
     supports_incremental = True  # by entryCSN or modifyTimestamp (module docstring)
+    # A continuation reference under base_dn is a subtree delegated to another server: its entries
+    # were not read, and would otherwise turn missing.  The read fails instead.
+    _REFERENCES_ARE_GAPS = True
     # Stamps come from the server's clock, possibly several servers' (multi-master): a change
     # stamped up to this long before the newest stamp seen is read again next time.
     CLOCK_MARGIN_S = 60

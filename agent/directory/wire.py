@@ -113,6 +113,17 @@ def decode_entry(buf: bytes, pos: int, end: int) -> RawEntry:
     return dn, attributes
 
 
+def decode_reference(buf: bytes, pos: int, end: int) -> list[str]:
+    """SearchResultReference at ``pos`` (its tag): its URIs."""
+    n, pos = _length(buf, pos + 1)
+    stop = min(pos + n, end)
+    uris = []
+    while pos < stop:
+        uri, pos = _octets(buf, pos)
+        uris.append(uri.decode("utf-8", "replace"))
+    return uris
+
+
 def _octets(buf: bytes, pos: int, tag: int = 0x04) -> tuple[bytes, int]:
     if buf[pos] != tag:
         raise BerError(f"expected tag 0x{tag:02x}, got 0x{buf[pos]:02x}")
@@ -194,9 +205,11 @@ def _receive_error(conn: ldap3.Connection, reason: str) -> ldap_exc.LDAPSocketRe
 
 
 def search_page(conn: ldap3.Connection, base: str, search_filter: str, attributes, *, scope=ldap3.SUBTREE,
-                 page_size: int = 1000, controls=None, cookie: bytes | None = None) -> Iterator[RawEntry]:
+                 page_size: int = 1000, controls=None, cookie: bytes | None = None,
+                 references: list[str] | None = None) -> Iterator[RawEntry]:
     """One page of a paged search: yields its entries; then ``conn.result`` holds the page's
-    result (with the next cookie under ``controls``)."""
+    result (with the next cookie under ``controls``).  The URIs of continuation references
+    (parts of the tree held by other servers) are appended to ``references`` when it is given."""
     request = search_operation(base, search_filter, scope, ldap3.DEREF_NEVER, list(attributes), 0, 0, False,
                                conn.auto_escape, conn.auto_encode, None, validator=None, check_names=False)
     page_control = paged_search_control(True, page_size, cookie or b"")
@@ -244,7 +257,10 @@ def search_page(conn: ldap3.Connection, base: str, search_filter: str, attribute
                                                            description=result["description"], dn=result["dn"],
                                                            message=result["message"], response_type="searchResDone")
                     return
-                elif tag not in (_REFERENCE, _INTERMEDIATE):  # continuation references: other partitions
+                elif tag == _REFERENCE:
+                    if references is not None:
+                        references.extend(decode_reference(buf, op, end))
+                elif tag != _INTERMEDIATE:
                     raise _receive_error(conn, f"unexpected response 0x{tag:02x} to a search")
                 pos = end
             buf = buf[pos:]
