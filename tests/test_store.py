@@ -222,3 +222,26 @@ def test_progress_is_reported_every_thousand_entries(store):
     seen = []
     run_sync(store, "corp", ListReader(entries), inactive_after_days=90, progress=seen.append)
     assert seen == [1000, 2000]
+
+
+def test_upgrading_a_0005_store_fills_the_dn_keys_incremental_reads_look_up(tmp_path):
+    # Principals stored before migration 0006 get their DN comparison key, or an incremental read
+    # could not resolve a changed group's members to them.
+    import sqlite3
+
+    from alembic import command
+
+    from agent.store.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", url)
+    command.upgrade(config, "0005")
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.execute("INSERT INTO principals (directory, guid, kind, name, name_key, dn, state, state_since, "
+                   "first_seen, last_seen, rds_licenses) VALUES ('corp', 'g1', 'user', 'jsmith', 'jsmith', "
+                   "'CN=John Smith, OU=Staff,DC=corp,DC=example', 'active', '2024-01-01 00:00:00.000000', "
+                   "'2024-01-01 00:00:00.000000', '2024-01-01 00:00:00.000000', '[]')")
+    Store(url)
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        assert db.execute("SELECT dn_key FROM principals").fetchall() == [("cn=john smith,ou=staff,dc=corp,dc=example",)]

@@ -116,6 +116,7 @@ class Principal(Base):
     __table_args__ = (
         UniqueConstraint("directory", "guid"),
         Index("ix_principals_directory_name", "directory", "kind", "name_key"),
+        Index("ix_principals_directory_dn_key", "directory", "dn_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -125,6 +126,7 @@ class Principal(Base):
     name: Mapped[str] = mapped_column(Text)
     name_key: Mapped[str] = mapped_column(Text)  # lower-cased name for case-insensitive lookups
     dn: Mapped[str] = mapped_column(Text)
+    dn_key: Mapped[str | None] = mapped_column(Text)  # decode.dn_key(dn): member DNs resolve by lookup
     sid: Mapped[str | None] = mapped_column(String(200))
     display_name: Mapped[str | None] = mapped_column(Text)
     mail: Mapped[str | None] = mapped_column(Text)

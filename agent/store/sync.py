@@ -309,7 +309,7 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 row.update(changed)
                 continue
             values = _entry_values(entry)
-            if decode.dn_key(row["dn"]) != decode.dn_key(entry.dn):
+            if (row["dn_key"] or decode.dn_key(row["dn"])) != values["dn_key"]:
                 events.append((row, "moved", row["dn"], entry.dn))
             if row["name"] != entry.name:
                 events.append((row, "renamed", row["name"], entry.name))
@@ -406,7 +406,7 @@ _GONE = (PrincipalState.MISSING.value, PrincipalState.DELETED.value)
 _PRINCIPALS = Principal.__table__
 _MEMBERSHIPS = Membership.__table__
 # The stored columns a sync reads back to compare with a directory entry.
-_LOADED = ("id", "guid", *_COPIED, "name_key", "rds_licenses", "state", "state_since")
+_LOADED = ("id", "guid", *_COPIED, "name_key", "dn_key", "rds_licenses", "state", "state_since")
 _BATCH = 5000  # rows per executemany (and ids per IN list: below every backend's parameter limit)
 
 
@@ -420,6 +420,7 @@ def _entry_values(entry: DirectoryEntry) -> dict:
     values = {name: getattr(entry, name) for name in _COPIED}
     values["kind"] = entry.kind.value
     values["name_key"] = entry.name.lower()
+    values["dn_key"] = decode.dn_key(entry.dn)
     values["rds_licenses"] = rds_licenses_json(entry.rds_licenses) if entry.rds_licenses else "[]"
     return values
 
@@ -597,18 +598,20 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
     gone = {rows[e.guid]["id"] for e in entries if e.deleted}
     changed_groups = {rows[e.guid]["id"] for e in entries if not e.deleted and e.kind is EntryKind.GROUP}
     changed = {rows[e.guid]["id"] for e in entries if not e.deleted}
+    # Only the member DNs of the changed groups are looked up (indexed dn_key), and the groups by
+    # SID only when a changed principal has a primary group: not every stored principal.
+    p = _PRINCIPALS.c
+    live = and_(p.directory == directory, p.state.not_in(_GONE))
+    member_keys = sorted({decode.dn_key(dn) for e in entries if not e.deleted and e.kind is EntryKind.GROUP
+                          for dn in e.members})
     by_dn: dict[str, int] = {}
+    for start in range(0, len(member_keys), _BATCH):
+        stmt = select(p.dn_key, p.id).where(live, p.dn_key.in_(member_keys[start:start + _BATCH]))
+        by_dn.update({key: pid for key, pid in conn.execute(stmt)})
     group_by_sid: dict[str, int] = {}
-    needs_dn = any(e.members for e in entries if not e.deleted and e.kind is EntryKind.GROUP)
-    needs_sid = any(e.primary_group_id is not None and e.domain_sid for e in entries if not e.deleted)
-    if needs_dn or needs_sid:
-        p = _PRINCIPALS.c
-        stmt = select(p.id, p.dn, p.kind, p.sid).where(p.directory == directory, p.state.not_in(_GONE))
-        for pid, dn, kind, sid in conn.execute(stmt):
-            if needs_dn:
-                by_dn[decode.dn_key(dn)] = pid
-            if sid and kind == EntryKind.GROUP.value:
-                group_by_sid[sid] = pid
+    if any(e.primary_group_id is not None and e.domain_sid for e in entries if not e.deleted):
+        stmt = select(p.sid, p.id).where(live, p.kind == EntryKind.GROUP.value, p.sid.is_not(None))
+        group_by_sid = {sid: pid for sid, pid in conn.execute(stmt)}
     wanted: dict[tuple[int, int], bool] = {}
     for entry in entries:
         if entry.deleted:
