@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config import LdapAttributes, parse_config
 from agent.directory import ldap_entries as le
@@ -132,3 +134,16 @@ def test_ldap_config_defaults_and_errors():
         _ldap_config(password_file="x")
     with pytest.raises(ConfigError, match=r"unknown type 'nis': use active_directory, ldap or ldif"):
         _ldap_config(type="nis")
+
+
+@settings(max_examples=500, deadline=None)
+@given(micros=st.integers(min_value=0, max_value=253402300799 * 1_000_000),
+       attribute=st.sampled_from(["entryCSN", "modifyTimestamp"]))
+def test_change_filter_values_are_inert_and_round_trip(micros, attribute):
+    # The only values cal-agent writes into LDAP filters (issue 7: filters built from data are
+    # escaped): generated stamps, made of digits and . Z #, never a filter metacharacter.
+    value = le.change_filter_value(attribute, micros)
+    assert not set(value) & set("()*\\\x00&|!=<>~")
+    raw = {attribute: [value.encode()]}
+    expected = micros if attribute == "entryCSN" else micros - micros % 1_000_000
+    assert le.change_stamp(raw, attribute) == expected

@@ -245,3 +245,31 @@ def test_upgrading_a_0005_store_fills_the_dn_keys_incremental_reads_look_up(tmp_
     Store(url)
     with sqlite3.connect(tmp_path / "old.db") as db:
         assert db.execute("SELECT dn_key FROM principals").fetchall() == [("cn=john smith,ou=staff,dc=corp,dc=example",)]
+
+
+def test_state_and_reports_are_private_and_a_repeated_cycle_adds_no_rows(tmp_path):
+    # Issue 7: state and reports name every employee (files 0600, folders 0700), and a cycle with
+    # nothing changed writes no principal, membership or event row and reports no drift.
+    import sqlite3
+    import stat
+
+    from tests.test_register import Site
+
+    site = Site(tmp_path, f"sqlite:///{tmp_path / 'state' / 'cal.db'}")
+    site.run("run", "--once")
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "state" / "cal.db").stat().st_mode) == 0o600
+    reports = tmp_path / "reports"
+    assert stat.S_IMODE(reports.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in reports.iterdir()} == {0o600}
+
+    def rows() -> tuple[int, ...]:
+        with sqlite3.connect(tmp_path / "state" / "cal.db") as db:
+            return tuple(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                         for table in ("principals", "memberships", "principal_events"))
+
+    before = rows()
+    site.run("run", "--once")
+    assert rows() == before
+    drift = site.run("report", "--format", "json").stdout
+    assert '"new": []' in drift and '"resolved": []' in drift
