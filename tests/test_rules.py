@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from agent.compliance.model import DirectoryView, Principal, RdsPerUserCal
 from agent.compliance.reconcile import reconcile
 from agent.config import ExemptConfig, RulesConfig, parse_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, InventoryError
 from agent.inventory.register import load_inventory, parse_inventory
 from tests.test_reconcile import TODAY, Estate, purchase, req
 
@@ -419,3 +419,25 @@ def test_R25_R08_a_2008_generation_cal_counts_against_a_2008_R2_purchase():
     result = reconcile(rds_estate([("2008", soon)] * 2), [],
                        inv([purchase("RDS", product="rds", version="2008 R2", quantity=2)]), today=TODAY)
     assert found(result, "rds_over_issued") == []
+
+
+_PURCHASE = {"id": "PO-1", "product": "windows-server", "version": "2022", "cal_type": "user", "quantity": 4,
+             "purchased_on": "2024-01-17", "invoice": "INV-1"}
+
+
+@pytest.mark.parametrize("data, names", [
+    ({"purchases": [{**_PURCHASE, "quantity": -3}]}, ["purchases[0].quantity", "greater than or equal to 0"]),
+    ({"purchases": [{**_PURCHASE, "purchased_on": "2024-02-30"}]}, ["purchases[0].purchased_on", "day value"]),
+    ({"purchases": [_PURCHASE, dict(_PURCHASE)]}, ["purchases[1].id", "'PO-1' is already used by purchases[0]"]),
+    ({"purchases": [{**_PURCHASE, "product": "sharepoint-deluxe"}]}, ["purchases[0].product", "unknown product"]),
+    ({"purchases": [_PURCHASE], "assignments": [{"purchase": "PO-9", "principal": "ann", "assigned_on": "2024-02-01"}]},
+     ["assignments[0].purchase", "no purchase with id 'PO-9'"]),
+    ({"purchases": [_PURCHASE], "assignments": [{"purchase": "PO-1", "principal": "ann", "assigned_on": "yesterday"}]},
+     ["assignments[0].assigned_on"]),
+], ids=["negative-quantity", "impossible-date", "duplicate-id", "unknown-product", "unknown-purchase", "bad-date"])
+def test_bad_inventory_entries_are_named(data, names):
+    # Issue 7: a bad inventory is an error naming the entry, never a silently wrong count.
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(data)
+    for text in names:
+        assert text in str(caught.value)
