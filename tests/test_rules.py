@@ -441,3 +441,16 @@ def test_bad_inventory_entries_are_named(data, names):
         parse_inventory(data)
     for text in names:
         assert text in str(caught.value)
+
+
+def test_an_unchanged_inventory_file_is_parsed_once_and_an_edit_is_seen(tmp_path):
+    # The service reconciles every cycle; a 50,000-assignment register takes seconds to parse.
+    path = tmp_path / "inventory.yaml"
+    path.write_text(yaml.safe_dump({"purchases": [_PURCHASE]}))
+    first, second = load_inventory(path), load_inventory(path)
+    assert second.purchases is first.purchases  # the same parse, not a new one
+    path.write_text(yaml.safe_dump({"purchases": [{**_PURCHASE, "quantity": 9}]}))
+    assert load_inventory(path).purchases[0].quantity == 9
+    path.write_text("purchases: [")
+    with pytest.raises(InventoryError, match="not valid YAML"):
+        load_inventory(path)
