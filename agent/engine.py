@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import defer
 
 from agent.compliance.model import DirectoryView, Principal as RulePrincipal, Reconciliation, RdsPerUserCal
 from agent.compliance.reconcile import reconcile
@@ -157,8 +158,9 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
     result = reconcile(view, config.requirements, inventory, today=now.date(), exempt=config.exempt,
                        rules=config.rules)
     with store.session() as session:
-        previous_run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
-        previous = previous_run.report if previous_run else None
+        # The stored report is deferred: loaded only if drift needs it (_previous_for_drift).
+        previous_run = session.scalars(select(Run).options(defer(Run.report)).order_by(Run.id.desc()).limit(1)).first()
+        previous = _previous_for_drift(session, previous_run, {f.key for f in result.findings})
         run = Run(created_at=now, compliant=result.compliant, findings=len(result.findings), errors=0, warnings=0,
                   shortfall=result.shortfall, report={})
         session.add(run)
@@ -176,6 +178,18 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
     log.info("reconcile.finished", run=run_id, compliant=result.compliant, findings=len(result.findings),
              shortfall=result.shortfall, new=len(report["drift"]["new"]), resolved=len(report["drift"]["resolved"]))
     return RunResult(run_id=run_id, reconciliation=result, report=report)
+
+
+def _previous_for_drift(session, previous_run: Run | None, current_keys: set[str]) -> dict[str, Any] | None:
+    """What build_report needs of the previous run to compute drift.  Its finding keys come from
+    run_findings; its whole stored report (~90 MB of JSON at 100,000 users) is read only when
+    some of its findings were resolved, since only those are listed in full."""
+    if previous_run is None:
+        return None
+    keys = set(session.scalars(select(RunFinding.key).where(RunFinding.run_id == previous_run.id)))
+    if keys - current_keys or not keys and previous_run.findings:
+        return previous_run.report
+    return {"run": {"id": previous_run.id}, "findings": [{"key": key} for key in keys]}
 
 
 TREND_RUNS = 60  # runs shown in the report's trend chart

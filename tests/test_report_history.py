@@ -123,3 +123,22 @@ def test_exports_xlsx_and_products_csv_neutralise_formulas(tmp_path):
     assert [(p["product"], int(p["required"]), int(p["shortfall"])) for p in products] == [
         (p["product"], p["required"], p["shortfall"]) for p in report["products"]]
     assert s.run("report", "--format", "xlsx", expect=2).stderr.count("--output") == 1
+
+
+def test_drift_lists_new_findings_and_resolved_ones_in_full(site):
+    # Drift compares finding keys with the previous run (run_findings) and reads the previous
+    # stored report only for the resolved findings, which it lists in full.
+    first = json.loads(site.run("report").stdout)
+    rewrite_ldif(site, staff=["ann", "bob", "cat", "dan", "fay", "gus"], disabled=["lee"])  # eve gone, fay+gus in
+    site.run("run", "--once")
+    second = json.loads(site.run("report").stdout)
+    before = {f["key"]: f for f in first["findings"]}
+    after = {f["key"]: f for f in second["findings"]}
+    assert second["drift"]["new"] == [f for f in second["findings"] if f["key"] not in before]
+    assert second["drift"]["resolved"] == [f for f in first["findings"] if f["key"] not in after]
+    assert second["drift"]["new"] and second["drift"]["resolved"]  # the change did both
+    assert all(f["message"] and f["severity"] for f in second["drift"]["resolved"])
+    site.run("run", "--once")
+    third = json.loads(site.run("report").stdout)
+    assert third["drift"]["new"] == third["drift"]["resolved"] == []
+    assert third["run"]["previous_id"] == second["run"]["id"]
