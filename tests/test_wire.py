@@ -123,3 +123,24 @@ def test_a_length_running_past_the_attributes_is_an_error():
     bad[-4] = 0x09  # the value claims 9 bytes, 3 are there
     with pytest.raises((wire.BerError, IndexError)):
         lean_view(bytes(bad))
+
+
+def _entry_with(attrs_payload: bytes) -> bytes:
+    return message(1, tlv(0x64, tlv(0x04, b"uid=bob,dc=x") + attrs_payload))
+
+
+@pytest.mark.parametrize("payload", [
+    # the attribute list claims fewer bytes than it holds: pwdAccountLockedTime would vanish
+    b"\x30\x0b" + tlv(0x30, tlv(0x04, b"uid") + tlv(0x31, tlv(0x04, b"bob")))
+    + tlv(0x30, tlv(0x04, b"pwdAccountLockedTime") + tlv(0x31, tlv(0x04, b"000001010000Z"))),
+    # a value set longer than its attribute: the next attribute would become a value
+    tlv(0x30, b"\x30\x0a" + tlv(0x04, b"uid") + b"\x31\x0f" + tlv(0x04, b"bob")
+        + tlv(0x30, tlv(0x04, b"cn") + tlv(0x31, tlv(0x04, b"B")))),
+    # an indefinite length (BER allows it, LDAP does not)
+    tlv(0x30, tlv(0x30, tlv(0x04, b"uid") + tlv(0x31, b"\x04\x80bob\x00\x00"))),
+    # an attribute that is not a SEQUENCE
+    tlv(0x30, tlv(0x31, tlv(0x04, b"uid") + tlv(0x31, tlv(0x04, b"bob")))),
+], ids=["short-list", "long-set", "indefinite", "wrong-tag"])
+def test_malformed_entries_are_errors_not_silently_different_data(payload):
+    with pytest.raises((wire.BerError, IndexError)):
+        lean_view(_entry_with(payload))

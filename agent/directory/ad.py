@@ -404,8 +404,8 @@ class ActiveDirectoryReader:
                     "directory of its own")
             for dn, attrs in entries:
                 yield dn, attrs, page
-            previous, cookie = cookie, (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID, {}).get(
-                "value", {}).get("cookie")
+            control = (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID) or {}
+            previous, cookie = cookie, (control.get("value") or {}).get("cookie")
             if not cookie:
                 return
             # Samba hands out the same cookie for every page of a search (a handle, not a position),

@@ -71,7 +71,8 @@ def message_size(buf: bytes, pos: int = 0) -> int:
 def decode_entry(buf: bytes, pos: int, end: int) -> RawEntry:
     """SearchResultEntry at ``pos`` (its tag) up to ``end``: the DN and the raw values by
     attribute name as the server spelled it."""
-    _n, pos = _length(buf, pos + 1)
+    n, pos = _length(buf, pos + 1)
+    op_end = pos + n
     if buf[pos] != 0x04:
         raise BerError("SearchResultEntry without an objectName")
     n, pos = _length(buf, pos + 1)
@@ -81,16 +82,27 @@ def decode_entry(buf: bytes, pos: int, end: int) -> RawEntry:
         raise BerError(f"SearchResultEntry {dn!r}: attributes are not a SEQUENCE")
     n, pos = _length(buf, pos + 1)
     stop = pos + n
-    if stop > end:
-        raise BerError(f"SearchResultEntry {dn!r}: attributes run past the message")
+    if stop != op_end or stop > end:
+        raise BerError(f"SearchResultEntry {dn!r}: the attribute list does not fill the entry")
     attributes: dict[str, list[bytes]] = {}
     while pos < stop:
+        # Every length is checked against its container: a malformed entry is an error, never an
+        # attribute silently dropped (a lock flag gone) or swallowed into another's values.
+        if buf[pos] != 0x30:
+            raise BerError(f"SearchResultEntry {dn!r}: an attribute is not a SEQUENCE")
         n, pos = _length(buf, pos + 1)  # PartialAttribute SEQUENCE
+        attribute_end = pos + n
+        if buf[pos] != 0x04:
+            raise BerError(f"SearchResultEntry {dn!r}: an attribute type is not an OCTET STRING")
         n, pos = _length(buf, pos + 1)  # type
         name = buf[pos:pos + n].decode("utf-8", "replace")
         pos += n
+        if buf[pos] != 0x31:
+            raise BerError(f"SearchResultEntry {dn!r}: the values of {name!r} are not a SET")
         n, pos = _length(buf, pos + 1)  # vals SET OF
         values_end = pos + n
+        if values_end != attribute_end:
+            raise BerError(f"SearchResultEntry {dn!r}: attribute {name!r} has a bad length")
         values: list[bytes] = []
         append = values.append
         while pos < values_end:
@@ -100,6 +112,8 @@ def decode_entry(buf: bytes, pos: int, end: int) -> RawEntry:
                 pos += 2
             else:
                 count = n & 0x7F
+                if count == 0 or count > 8:
+                    raise BerError(f"SearchResultEntry {dn!r}: unsupported length form in {name!r}")
                 n = int.from_bytes(buf[pos + 2:pos + 2 + count], "big")
                 pos += 2 + count
             append(buf[pos:pos + n])
@@ -110,6 +124,8 @@ def decode_entry(buf: bytes, pos: int, end: int) -> RawEntry:
             attributes[name].extend(values)
         else:
             attributes[name] = values
+    if pos != stop:
+        raise BerError(f"SearchResultEntry {dn!r}: the attribute list has a bad length")
     return dn, attributes
 
 

@@ -476,15 +476,17 @@ def _load_principals(conn, directory: str, *, guids: list[str] | None = None,
 
 def _time_candidates(conn, directory: str, judge_at: datetime, inactive_after_days: int,
                      seen: set[str]) -> dict[str, dict]:
-    """Stored users and computers, not read this time, whose state time alone may change:
-    their expiry has passed, or (active ones) none of their activity dates is recent."""
+    """Stored users and computers, not read this time, whose state time alone, or a changed
+    `inactive_after_days`, may change: every inactive or expired one (a longer window makes some
+    active again), and the active ones whose expiry has passed or none of whose activity dates
+    is recent."""
     c = _PRINCIPALS.c
     cutoff = judge_at - timedelta(days=inactive_after_days)
     stale = and_(*[or_(column.is_(None), column < cutoff) for column in (c.last_logon, c.pwd_last_set,
                                                                          c.when_created)])
     where = and_(c.kind != EntryKind.GROUP.value,
-                 c.state.in_([PrincipalState.ACTIVE.value, PrincipalState.INACTIVE.value]),
-                 or_(c.account_expires <= judge_at, and_(c.state == PrincipalState.ACTIVE.value, stale)))
+                 or_(c.state.in_([PrincipalState.INACTIVE.value, PrincipalState.EXPIRED.value]),
+                     and_(c.state == PrincipalState.ACTIVE.value, or_(c.account_expires <= judge_at, stale))))
     rows = _load_principals(conn, directory, where=where)
     return {guid: row for guid, row in rows.items() if guid not in seen}
 
@@ -562,7 +564,9 @@ def _sync_memberships(conn, directory: str, entries: list[DirectoryEntry], rows:
     group_by_gid: dict[int, int] = {}
     for e in live:
         if e.kind is EntryKind.GROUP and e.gid_number is not None:
-            group_by_gid.setdefault(e.gid_number, rows[e.guid]["id"])
+            # Two posixGroups with one gidNumber: the oldest principal, as incremental syncs choose.
+            group_id = rows[e.guid]["id"]
+            group_by_gid[e.gid_number] = min(group_id, group_by_gid.get(e.gid_number, group_id))
     wanted: dict[tuple[int, int], bool] = {}
     unresolved = 0
     for entry in live:
@@ -638,7 +642,8 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
                           for dn in e.members})
     by_dn: dict[str, int] = {}
     for start in range(0, len(member_keys), _BATCH):
-        stmt = select(p.dn_key, p.id).where(live, p.dn_key.in_(member_keys[start:start + _BATCH]))
+        stmt = (select(p.dn_key, p.id).where(live, p.dn_key.in_(member_keys[start:start + _BATCH]))
+                .order_by(p.id))  # two live rows with one DN (deleted and re-created): the newer wins
         by_dn.update({key: pid for key, pid in conn.execute(stmt)})
     group_by_sid: dict[str, int] = {}
     if any(e.primary_group_id is not None and e.domain_sid for e in entries if not e.deleted):
@@ -659,15 +664,25 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
             if group_id is not None:
                 wanted[(group_id, rows[entry.guid]["id"])] = True
     _primary_posix_groups(conn, directory, entries, rows, wanted)
+    # Only links touching a changed or deleted principal are loaded, so only those may be added
+    # (a link between two unchanged principals is already stored, or is a complete read's to make).
+    touched = gone | changed
+    wanted = {key: v for key, v in wanted.items() if key[0] in touched or key[1] in touched}
+    # A changed posixGroup's primary members are recomputed from the stored gidNumbers; AD
+    # groups' primary links come from their members' primaryGroupID and stay.
+    posix_groups = {rows[e.guid]["id"] for e in entries
+                    if not e.deleted and e.kind is EntryKind.GROUP and not e.sid}
+
     def drop(key: tuple[int, int], via_primary: bool) -> bool:
         group_id, member_id = key
         if group_id in gone or member_id in gone:
             return True
         if key in wanted:
             return False
-        return (via_primary and member_id in changed) or (not via_primary and group_id in changed_groups)
+        return ((via_primary and (member_id in changed or group_id in posix_groups))
+                or (not via_primary and group_id in changed_groups))
 
-    current = _load_memberships(conn, directory, gone | changed)
+    current = _load_memberships(conn, directory, touched)
     flips_back = {key: False for key, via_primary in current.items()
                   if key in wanted and via_primary and not wanted[key] and key[1] not in changed}
     # A primary-group link stays primary unless its member changed (no longer the primary group,
