@@ -273,3 +273,58 @@ def test_state_and_reports_are_private_and_a_repeated_cycle_adds_no_rows(tmp_pat
     assert rows() == before
     drift = site.run("report", "--format", "json").stdout
     assert '"new": []' in drift and '"resolved": []' in drift
+
+
+def _incremental(store, entries, *, inactive_after_days=90):
+    """Apply ``entries`` as an incremental read would (only they changed)."""
+    from agent.store.sync import apply_entries
+
+    with store.session() as session:
+        run = SyncRun(directory="corp", started_at=NOW, status="running", source="test", mode="incremental")
+        session.add(run)
+        session.flush()
+        sync_id = run.id
+    return apply_entries(store, "corp", sync_id, entries, inactive_after_days=inactive_after_days, judge_at=NOW,
+                         now=NOW, incremental=True)
+
+
+def _links(store):
+    with store.session() as session:
+        names = {p.id: p.name for p in session.scalars(select(Principal))}
+        return sorted((names[m.group_id], names[m.member_id], m.via_primary)
+                      for m in session.scalars(select(Membership)))
+
+
+def posix_user(name, gid, **kw):
+    return user(name, sid=None, primary_group_id=gid, **kw)
+
+
+def posix_group(name, gid, **kw):
+    return DirectoryEntry(guid=str(uuid.uuid5(uuid.NAMESPACE_DNS, "pg-" + name)), kind=EntryKind.GROUP,
+                          dn=f"cn={name},ou=Groups,dc=corp", name=name, gid_number=gid, **kw)
+
+
+def test_an_incremental_sync_reactivates_what_a_longer_inactivity_window_makes_active(store):
+    sync(store, estate())
+    assert _states(store)["dave"] == "inactive"  # 200 days without logon, window 90
+    _incremental(store, [], inactive_after_days=365)
+    assert _states(store)["dave"] == "active"  # as a complete read with the new window would say
+
+
+def test_incremental_posix_primary_groups_match_a_complete_read(store, tmp_path):
+    bob, staff, alias = posix_user("bob", 100), posix_group("staff", 100), posix_group("staff-alias", 100)
+    sync(store, [bob, staff, alias])
+    assert _links(store) == [("staff", "bob", True)]  # two groups share gid 100: the older one
+    # The alias group changes: no duplicate link, no failure.
+    _incremental(store, [posix_group("staff-alias", 100, display_name="changed")])
+    assert _links(store) == [("staff", "bob", True)]
+    # staff moves to gid 200: bob (gid 100) now belongs to the alias as his primary group.
+    moved = posix_group("staff", 200)
+    _incremental(store, [moved])
+    assert _links(store) == [("staff-alias", "bob", True)]
+    fresh = Store(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:  # a complete read of the same directory into an empty store gives the same links
+        sync(fresh, [bob, moved, alias])
+        assert _links(fresh) == _links(store)
+    finally:
+        fresh.close()

@@ -663,15 +663,22 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
             group_id = group_by_sid.get(f"{entry.domain_sid}-{entry.primary_group_id}")
             if group_id is not None:
                 wanted[(group_id, rows[entry.guid]["id"])] = True
-    _primary_posix_groups(conn, directory, entries, rows, wanted)
-    # Only links touching a changed or deleted principal are loaded, so only those may be added
-    # (a link between two unchanged principals is already stored, or is a complete read's to make).
-    touched = gone | changed
-    wanted = {key: v for key, v in wanted.items() if key[0] in touched or key[1] in touched}
-    # A changed posixGroup's primary members are recomputed from the stored gidNumbers; AD
+    # A changed posixGroup's primary members are recomputed from the stored gidNumbers, and so is
+    # the primary group of every user it held that way (its gidNumber may have moved away); AD
     # groups' primary links come from their members' primaryGroupID and stay.
     posix_groups = {rows[e.guid]["id"] for e in entries
                     if not e.deleted and e.kind is EntryKind.GROUP and not e.sid}
+    relinked: set[int] = set()
+    ordered = sorted(posix_groups)
+    for start in range(0, len(ordered), _BATCH):
+        m = _MEMBERSHIPS.c
+        relinked.update(conn.scalars(select(m.member_id).where(m.group_id.in_(ordered[start:start + _BATCH]),
+                                                               m.via_primary.is_(True))))
+    _primary_posix_groups(conn, directory, entries, rows, wanted, relinked)
+    # Only links touching these principals are loaded, so only those may be added (a link between
+    # two others is already stored, or is a complete read's to make).
+    touched = gone | changed | relinked
+    wanted = {key: v for key, v in wanted.items() if key[0] in touched or key[1] in touched}
 
     def drop(key: tuple[int, int], via_primary: bool) -> bool:
         group_id, member_id = key
@@ -679,7 +686,7 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
             return True
         if key in wanted:
             return False
-        return ((via_primary and (member_id in changed or group_id in posix_groups))
+        return ((via_primary and (member_id in changed or member_id in relinked or group_id in posix_groups))
                 or (not via_primary and group_id in changed_groups))
 
     current = _load_memberships(conn, directory, touched)
@@ -692,13 +699,14 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
 
 
 def _primary_posix_groups(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, dict],
-                          wanted: dict[tuple[int, int], bool]) -> None:
+                          wanted: dict[tuple[int, int], bool], relinked: set[int]) -> None:
     """Generic LDAP, incremental: a changed user's gidNumber links it to the posixGroup with that
-    gidNumber, and a changed posixGroup gets its primary members back, from the stored values."""
+    gidNumber, a changed posixGroup gets its primary members back, and the ``relinked`` users
+    their primary group again, from the stored values."""
     users = [e for e in entries if not e.deleted and e.kind is EntryKind.USER and e.primary_group_id is not None
              and not e.domain_sid]
     groups = [e for e in entries if not e.deleted and e.kind is EntryKind.GROUP and e.gid_number is not None]
-    if not users and not groups:
+    if not users and not groups and not relinked:
         return
     p = _PRINCIPALS.c
     live = and_(p.directory == directory, p.state.not_in(_GONE))
@@ -710,6 +718,14 @@ def _primary_posix_groups(conn, directory: str, entries: list[DirectoryEntry], r
         group_id = group_by_gid.get(entry.primary_group_id)
         if group_id is not None:
             wanted[(group_id, rows[entry.guid]["id"])] = True
+    ids = sorted(relinked)
+    for start in range(0, len(ids), _BATCH):
+        stmt = select(p.id, p.primary_group_id).where(live, p.id.in_(ids[start:start + _BATCH]),
+                                                      p.primary_group_id.is_not(None))
+        for pid, gid in conn.execute(stmt):
+            group_id = group_by_gid.get(gid)
+            if group_id is not None:
+                wanted[(group_id, pid)] = True
     gids = sorted({e.gid_number for e in groups})
     for start in range(0, len(gids), _BATCH):
         stmt = select(p.id, p.primary_group_id).where(live, p.kind == EntryKind.USER.value,
