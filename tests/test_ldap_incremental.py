@@ -114,3 +114,33 @@ def test_incremental_false_always_reads_everything(corp):
         assert again.read == outcome.read > 10
     finally:
         data.pop("incremental")
+
+
+def test_a_watermark_in_the_future_makes_a_full_read(corp):
+    # An entry stamped ahead (a restored backup, a server with a fast clock) must not carry the
+    # watermark past changes still to come: a stored watermark beyond now + margin is distrusted.
+    _first, store = sync(corp, "future.db")
+    with store.session() as session:
+        session.execute(update(DirectoryWatermark).values(highest_usn=int(time.time() * 1e6) + 3600 * 10**6))
+    outcome, _ = sync(corp, "future.db")
+    assert outcome.mode == "full" and "in the future" in outcome.reason, outcome.reason
+    again, _ = sync(corp, "future.db")
+    assert again.mode == "incremental"  # the full read set a sane watermark
+
+
+def test_a_principal_leaving_the_user_filter_makes_a_full_read(corp):
+    # An incremental read asks for changed entries *matching the filters*: one that stopped
+    # matching is found by a second, identity-only search of everything changed, and a full read
+    # (the only kind that may say "missing") follows.
+    directory = corp.config_data["directories"][0]
+    directory["attributes"] = {"user_filter": "(&(objectClass=inetOrgPerson)(!(employeeType=left)))"}
+    try:
+        _first, store = sync(corp, "filter.db")
+        quiet_since_now(store)
+        corp.ldap.modify(corp.dn["grace"], {"employeeType": "left"})
+        outcome, _ = sync(corp, "filter.db")
+        assert outcome.mode == "full" and "out of the directory's filters" in outcome.reason, outcome.reason
+        assert ("state", corp.n["grace"], "missing") in events(store, outcome.sync_id)
+    finally:
+        directory.pop("attributes")
+        corp.ldap.modify(corp.dn["grace"], {"employeeType": None})

@@ -63,6 +63,9 @@ class DcIdentity:
     highest_usn: int  # rootDSE highestCommittedUSN, read before the searches
     tombstone_lifetime_days: int  # CN=Directory Service,CN=Windows NT,CN=Services,<config NC>; 60 when unset
     naming_context: str  # defaultNamingContext
+    # What highest_usn is, and what a stored watermark above it means (docs/directory.md).
+    position: str = "highestCommittedUSN"
+    ahead_means: str = "DC re-initialised or restored"
 
 
 # A change-read decision: given the DC, the USN to read changes from (uSNChanged >= it), or None

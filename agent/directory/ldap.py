@@ -57,6 +57,8 @@ class LdapReader(ActiveDirectoryReader):
     # No tombstones, no committed-change counter: the watermark never ages out by a lifetime
     # (full_sync_every decides), and a restore is noticed by the base entry's new identity.
     NO_LIFETIME_DAYS = 36500
+    _POSITION = {"position": "change stamp (microseconds since 1970; now plus the clock margin)",
+                 "ahead_means": "a watermark in the future: an entry stamped ahead, or a clock set back"}
     _BASE_DN_HINT = "check directories[].base_dn (e.g. dc=example,dc=com) and the server's ACL for the bind account"
     _SIZE_LIMIT_HINT = ("the server's size limit applies to the bind account despite paging: raise it for that "
                         "account (OpenLDAP: limits dn.exact=\"<bind_dn>\" size.prtotal=unlimited)")
@@ -133,13 +135,19 @@ class LdapReader(ActiveDirectoryReader):
         try:
             change_attribute, base_identity = self._read_base(conn)
             searches += 1
+            # No committed-change counter to compare a stored watermark with: this machine's clock
+            # plus the margin stands in, so a watermark in the future (an entry stamped ahead, a
+            # clock set back) makes a full read instead of hiding every change until then.
+            latest = int(time.time() * 1_000_000) + self.CLOCK_MARGIN_S * 1_000_000
             self.dc = DcIdentity(host=self._server_name(), invocation_id=base_identity if change_attribute else None,
-                                 highest_usn=2 ** 62, tombstone_lifetime_days=self.NO_LIFETIME_DAYS,
-                                 naming_context=self.config.base_dn)
+                                 highest_usn=latest, tombstone_lifetime_days=self.NO_LIFETIME_DAYS,
+                                 naming_context=self.config.base_dn, **self._POSITION)
             watermark = since(self.dc) if since is not None and change_attribute else None
             self.incremental_from = watermark
             began = time.monotonic()
             newest: int | None = None
+            future: list[str] = []
+            seen: set[str] = set()
             stored_merged = False
             for kind, search_filter in self._searches():
                 if watermark is not None:
@@ -161,12 +169,24 @@ class LdapReader(ActiveDirectoryReader):
                         for uid in user_uids(raw):
                             uid_to_dn.setdefault(uid, dn)
                     stamp = change_stamp(raw, change_attribute) if change_attribute else None
-                    if stamp is not None and (newest is None or stamp > newest):
+                    if stamp is not None and stamp > latest:
+                        # Stamped in the future: it must not carry the watermark past changes
+                        # still to come (they would be skipped until a full read).
+                        future.append(dn)
+                    elif stamp is not None and (newest is None or stamp > newest):
                         newest = stamp
                     counts[kind] += 1
+                    seen.add(entry.guid)
                     yield entry
                 pages += last_page
+            if watermark is not None:
+                searches += 1
+                self._changed_elsewhere(conn, change_attribute, watermark, seen)
             self.dc = self._next_watermark(watermark, newest, time.monotonic() - began)
+            if future:
+                log.warning("ldap.future_change_stamps", directory=self.config.name, entries=len(future),
+                            example=future[0], attribute=change_attribute,
+                            why="stamped after this machine's clock; not used for the incremental watermark")
         except ldap_exc.LDAPException as exc:
             raise self._read_error(exc) from None
         finally:
@@ -200,6 +220,24 @@ class LdapReader(ActiveDirectoryReader):
             base_identity = None  # not a UUID: cannot serve as the server's identity
         return change, base_identity
 
+    def _changed_elsewhere(self, conn: ldap3.Connection, change_attribute: str, watermark: int,
+                           seen: set[str]) -> None:
+        """Entries changed since the watermark that no principal search returned: a principal that
+        no longer matches its filter (say `(!(employeeType=left))`) is among them.  Their identities
+        go to ``out_of_scope``; the sync makes a full read when one of them is a stored principal."""
+        identity_attribute = self.config.attributes.identity
+        search_filter = f"({change_attribute}>={change_filter_value(change_attribute, watermark)})"
+        for _dn, raw, _page in self._paged_search(conn, self.config.base_dn, search_filter, [identity_attribute]):
+            values = next((v for name, v in raw.items() if name.lower() == identity_attribute.lower()), None)
+            if not values:
+                continue
+            try:
+                guid = identity(values[0])
+            except ValueError:
+                continue
+            if guid not in seen:
+                self.out_of_scope.add(guid)
+
     def _next_watermark(self, watermark: int | None, newest: int | None, seconds: float) -> DcIdentity | None:
         """The identity to store with the new watermark: the newest stamp seen, less the read's
         duration and the clock margin; never below the watermark this read started from."""
@@ -208,14 +246,16 @@ class LdapReader(ActiveDirectoryReader):
         if newest is None:
             if watermark is None:
                 return DcIdentity(host=self.dc.host, invocation_id=None, highest_usn=0,
-                                  tombstone_lifetime_days=self.NO_LIFETIME_DAYS, naming_context=self.dc.naming_context)
+                                  tombstone_lifetime_days=self.NO_LIFETIME_DAYS, naming_context=self.dc.naming_context,
+                                  **self._POSITION)
             mark = watermark
         else:
             mark = newest - int((seconds + self.CLOCK_MARGIN_S) * 1_000_000)
             if watermark is not None:
                 mark = max(mark, watermark)
         return DcIdentity(host=self.dc.host, invocation_id=self.dc.invocation_id, highest_usn=mark,
-                          tombstone_lifetime_days=self.NO_LIFETIME_DAYS, naming_context=self.dc.naming_context)
+                          tombstone_lifetime_days=self.NO_LIFETIME_DAYS, naming_context=self.dc.naming_context,
+                          **self._POSITION)
 
     def _ldap_entry(self, dn: str, raw, kind: EntryKind, uid_to_dn: dict[str, str]) -> DirectoryEntry:
         try:

@@ -118,8 +118,8 @@ def choose_mode(watermark: DirectoryWatermark | None, dc, *, now: datetime, base
         return ModeChoice(None, f"the watermark ({watermark.synced_at.isoformat()}) is older than the tombstone "
                                 f"lifetime ({lifetime} days): deletions may have left no trace")
     if watermark.highest_usn > dc.highest_usn:
-        return ModeChoice(None, f"the stored USN {watermark.highest_usn} is above {dc.host}'s highestCommittedUSN "
-                                f"{dc.highest_usn} (DC re-initialised or restored)")
+        return ModeChoice(None, f"the stored {dc.position} {watermark.highest_usn} is above {dc.host}'s "
+                                f"{dc.highest_usn} ({dc.ahead_means})")
     if full_sync_every is not None and now - watermark.full_sync_at >= timedelta(seconds=full_sync_every):
         return ModeChoice(None, f"full_sync_every elapsed (last full sync {watermark.full_sync_at.isoformat()})")
     return ModeChoice(watermark.highest_usn + 1, f"changes since USN {watermark.highest_usn} on {dc.host}")
@@ -176,7 +176,8 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
             force = None
             if left:
                 # A complete read would no longer return them (-> missing): only a full read may say so.
-                force = f"{len(left)} principal(s) moved out of base_dn since the last sync (e.g. {sorted(left)[0]})"
+                force = (f"{len(left)} principal(s) moved out of base_dn or out of the directory's filters since "
+                         f"the last sync (e.g. {sorted(left)[0]})")
             elif getattr(reader, "tombstones_unreadable", False):
                 # Without tombstones a deletion shows only as absence from a complete read.
                 force = "the bind account cannot list CN=Deleted Objects, so only a complete read sees deletions"
