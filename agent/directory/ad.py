@@ -260,10 +260,7 @@ class ActiveDirectoryReader:
         except ldap_exc.LDAPException as exc:
             raise self._read_error(exc) from None
         finally:
-            try:
-                conn.unbind()
-            except ldap_exc.LDAPException:
-                pass
+            _unbind(conn)
         self.stats = ReadStats(
             users=counts[EntryKind.USER],
             groups=counts[EntryKind.GROUP],
@@ -543,6 +540,14 @@ _INCOMPLETE_HINTS = {
     10: "base_dn is held by the server the referral names: point directories[].url (and base_dn) there, or set "
         "base_dn to a part of the directory this server holds",
 }
+
+
+def _unbind(conn: ldap3.Connection) -> None:
+    """Close a read's connection; one that already broke (the read failed) closes quietly."""
+    try:
+        conn.unbind()
+    except ldap_exc.LDAPException:
+        pass
 
 
 def _require_complete(conn: ldap3.Connection, url: str) -> None:

@@ -85,9 +85,22 @@ def normalise_attributes(raw: Mapping[str, Sequence[bytes]]) -> dict[str, list[b
     return out
 
 
-def _one(attrs: Mapping[str, list[bytes]], name: str) -> bytes | None:
+def first_value(attrs: Mapping[str, list[bytes]], name: str) -> bytes | None:
+    """The first raw value of ``name`` in normalised attributes, or None."""
     values = attrs.get(name.lower())
     return values[0] if values else None
+
+
+def decoded_value(attrs: Mapping[str, list[bytes]], name: str, convert):
+    """``convert`` applied to the first value of ``name`` (None when absent); a value that does not
+    decode raises ValueError naming the attribute."""
+    value = first_value(attrs, name)
+    if value is None:
+        return None
+    try:
+        return convert(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def entry_from_ad(dn: str, raw: RawAttributes) -> DirectoryEntry | None:
@@ -100,49 +113,40 @@ def entry_from_ad(dn: str, raw: RawAttributes) -> DirectoryEntry | None:
     if kind is None:
         return None
 
-    def field(name: str, convert):
-        value = _one(attrs, name)
-        if value is None:
-            return None
-        try:
-            return convert(value)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{name}: {exc}") from None
-
-    guid_raw = _one(attrs, "objectGUID")
+    guid_raw = first_value(attrs, "objectGUID")
     if guid_raw is None:
         raise ValueError("objectGUID is missing (is the bind account allowed to read it?)")
-    guid = field("objectGUID", decode.guid)
-    name = decode.text(_one(attrs, "sAMAccountName"))
+    guid = decoded_value(attrs, "objectGUID", decode.guid)
+    name = decode.text(first_value(attrs, "sAMAccountName"))
     if not name:
         raise ValueError("sAMAccountName is missing")
     if kind is EntryKind.COMPUTER and name.endswith("$"):
         name = name[:-1]
-    deleted = (decode.text(_one(attrs, "isDeleted")) or "").upper() == "TRUE"
+    deleted = (decode.text(first_value(attrs, "isDeleted")) or "").upper() == "TRUE"
     return DirectoryEntry(
         guid=guid,
         kind=kind,
         dn=dn,
         name=name,
-        sid=field("objectSid", decode.sid),
-        display_name=decode.text(_one(attrs, "displayName")),
-        mail=decode.text(_one(attrs, "mail")),
-        user_account_control=field("userAccountControl", decode.integer),
-        account_expires=field("accountExpires", decode.filetime),
-        last_logon=field("lastLogonTimestamp", decode.filetime),
-        pwd_last_set=field("pwdLastSet", decode.filetime),
-        when_created=field("whenCreated", decode.generalized_time),
-        primary_group_id=field("primaryGroupID", decode.integer),
+        sid=decoded_value(attrs, "objectSid", decode.sid),
+        display_name=decode.text(first_value(attrs, "displayName")),
+        mail=decode.text(first_value(attrs, "mail")),
+        user_account_control=decoded_value(attrs, "userAccountControl", decode.integer),
+        account_expires=decoded_value(attrs, "accountExpires", decode.filetime),
+        last_logon=decoded_value(attrs, "lastLogonTimestamp", decode.filetime),
+        pwd_last_set=decoded_value(attrs, "pwdLastSet", decode.filetime),
+        when_created=decoded_value(attrs, "whenCreated", decode.generalized_time),
+        primary_group_id=decoded_value(attrs, "primaryGroupID", decode.integer),
         members=tuple(decode.text(v) or "" for v in attrs.get("member", ())) if kind is EntryKind.GROUP else (),
-        dns_host_name=decode.text(_one(attrs, "dNSHostName")),
-        operating_system=decode.text(_one(attrs, "operatingSystem")),
-        operating_system_version=decode.text(_one(attrs, "operatingSystemVersion")),
-        rds_licenses=_rds_licenses(attrs, field) if kind is EntryKind.USER else (),
+        dns_host_name=decode.text(first_value(attrs, "dNSHostName")),
+        operating_system=decode.text(first_value(attrs, "operatingSystem")),
+        operating_system_version=decode.text(first_value(attrs, "operatingSystemVersion")),
+        rds_licenses=_rds_licenses(attrs) if kind is EntryKind.USER else (),
         deleted=deleted,
     )
 
 
-def _rds_licenses(attrs: Mapping[str, list[bytes]], field) -> tuple[RdsLicense, ...]:
+def _rds_licenses(attrs: Mapping[str, list[bytes]]) -> tuple[RdsLicense, ...]:
     """The per-user RDS CALs recorded on a user, in slot order.
 
     Licence servers seen in real directories write msTSLicenseVersion2 ("7") and
@@ -154,18 +158,18 @@ def _rds_licenses(attrs: Mapping[str, list[bytes]], field) -> tuple[RdsLicense, 
     """
     licenses = []
     for index, (expire_attr, version_attr, server_attr) in enumerate(RDS_LICENSE_SLOTS):
-        expires = field(expire_attr, decode.generalized_time)
-        version = decode.text(_one(attrs, version_attr))
-        server = decode.text(_one(attrs, server_attr))
+        expires = decoded_value(attrs, expire_attr, decode.generalized_time)
+        version = decode.text(first_value(attrs, version_attr))
+        server = decode.text(first_value(attrs, server_attr))
         if expires is None and (index > 0 or (version is None and server is None)):
             continue
         decoded = decode.rds_cal_version(version)
-        if index == 0 and decoded is None and _one(attrs, RDS_LICENSE_SLOTS[2][0]) is None:
-            decoded = decode.rds_cal_version(_one(attrs, RDS_LICENSE_SLOTS[2][1]))
+        if index == 0 and decoded is None and first_value(attrs, RDS_LICENSE_SLOTS[2][0]) is None:
+            decoded = decode.rds_cal_version(first_value(attrs, RDS_LICENSE_SLOTS[2][1]))
         licenses.append(RdsLicense(version=decoded, expires=expires, license_server=server))
     return tuple(licenses)
 
 
 def tombstone_parent(raw: RawAttributes) -> str | None:
     attrs = normalise_attributes(raw)
-    return decode.text(_one(attrs, "lastKnownParent"))
+    return decode.text(first_value(attrs, "lastKnownParent"))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from dataclasses import replace
 from typing import Any
 
 import ldap3
@@ -28,7 +28,14 @@ from pydantic import SecretStr
 
 from agent.config import LdapConfig
 from agent.directory import decode
-from agent.directory.ad import PAGED_RESULTS_OID, ActiveDirectoryReader, ChangeSince, DcIdentity, _ldap_reason
+from agent.directory.ad import (
+    PAGED_RESULTS_OID,
+    ActiveDirectoryReader,
+    ChangeSince,
+    DcIdentity,
+    _ldap_reason,
+    _unbind,
+)
 from agent.directory.ldap_entries import (
     CHANGE_ATTRIBUTES,
     MEMBER_ATTRIBUTES,
@@ -57,8 +64,6 @@ class LdapReader(ActiveDirectoryReader):
     # No tombstones, no committed-change counter: the watermark never ages out by a lifetime
     # (full_sync_every decides), and a restore is noticed by the base entry's new identity.
     NO_LIFETIME_DAYS = 36500
-    _POSITION = {"position": "change stamp (microseconds since 1970; now plus the clock margin)",
-                 "ahead_means": "a watermark in the future: an entry stamped ahead, or a clock set back"}
     _BASE_DN_HINT = "check directories[].base_dn (e.g. dc=example,dc=com) and the server's ACL for the bind account"
     _SIZE_LIMIT_HINT = ("the server's size limit applies to the bind account despite paging: raise it for that "
                         "account (OpenLDAP: limits dn.exact=\"<bind_dn>\" size.prtotal=unlimited)")
@@ -141,7 +146,9 @@ class LdapReader(ActiveDirectoryReader):
             latest = int(time.time() * 1_000_000) + self.CLOCK_MARGIN_S * 1_000_000
             self.dc = DcIdentity(host=self._server_name(), invocation_id=base_identity if change_attribute else None,
                                  highest_usn=latest, tombstone_lifetime_days=self.NO_LIFETIME_DAYS,
-                                 naming_context=self.config.base_dn, **self._POSITION)
+                                 naming_context=self.config.base_dn,
+                                 position="change stamp (microseconds since 1970; now plus the clock margin)",
+                                 ahead_means="a watermark in the future: an entry stamped ahead, or a clock set back")
             watermark = since(self.dc) if since is not None and change_attribute else None
             self.incremental_from = watermark
             began = time.monotonic()
@@ -190,10 +197,7 @@ class LdapReader(ActiveDirectoryReader):
         except ldap_exc.LDAPException as exc:
             raise self._read_error(exc) from None
         finally:
-            try:
-                conn.unbind()
-            except ldap_exc.LDAPException:
-                pass
+            _unbind(conn)
         self.stats = ReadStats(
             users=counts[EntryKind.USER],
             groups=counts[EntryKind.GROUP],
@@ -244,18 +248,14 @@ class LdapReader(ActiveDirectoryReader):
         if self.dc is None or self.dc.invocation_id is None:
             return self.dc
         if newest is None:
-            if watermark is None:
-                return DcIdentity(host=self.dc.host, invocation_id=None, highest_usn=0,
-                                  tombstone_lifetime_days=self.NO_LIFETIME_DAYS, naming_context=self.dc.naming_context,
-                                  **self._POSITION)
+            if watermark is None:  # nothing stamped: no watermark to keep
+                return replace(self.dc, invocation_id=None, highest_usn=0)
             mark = watermark
         else:
             mark = newest - int((seconds + self.CLOCK_MARGIN_S) * 1_000_000)
             if watermark is not None:
                 mark = max(mark, watermark)
-        return DcIdentity(host=self.dc.host, invocation_id=self.dc.invocation_id, highest_usn=mark,
-                          tombstone_lifetime_days=self.NO_LIFETIME_DAYS, naming_context=self.dc.naming_context,
-                          **self._POSITION)
+        return replace(self.dc, highest_usn=mark)
 
     def _ldap_entry(self, dn: str, raw, kind: EntryKind, uid_to_dn: dict[str, str]) -> DirectoryEntry:
         try:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
 from agent.directory import decode
-from agent.directory.ad_entries import normalise_attributes
+from agent.directory.ad_entries import decoded_value, first_value, normalise_attributes
 from agent.directory.records import UAC_ACCOUNTDISABLE, DirectoryEntry, EntryKind
 
 # OpenLDAP ppolicy: an administrator's permanent lock (draft-behera-ldap-password-policy 5.3.3).
@@ -93,11 +93,6 @@ def unique_member_dn(value: bytes | str) -> str:
     return _OPTIONAL_UID_RE.sub("", text)
 
 
-def _one(attrs: Mapping[str, list[bytes]], name: str) -> bytes | None:
-    values = attrs.get(name.lower())
-    return values[0] if values else None
-
-
 def _rdn_value(dn: str) -> str:
     """The value of a DN's first RDN (``uid=jdoe,ou=People,...`` -> ``jdoe``), escapes kept."""
     end, escaped = len(dn), False
@@ -122,25 +117,16 @@ def entry_from_ldap(dn: str, raw: RawAttributes, kind: EntryKind, names, *,
     """
     attrs = normalise_attributes(raw)
 
-    def field(name: str, convert):
-        value = _one(attrs, name)
-        if value is None:
-            return None
-        try:
-            return convert(value)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{name}: {exc}") from None
-
-    guid_raw = _one(attrs, names.identity)
+    guid_raw = first_value(attrs, names.identity)
     if guid_raw is None:
         raise ValueError(f"{names.identity} is missing (an operational attribute: may the bind account read it?)")
-    guid = field(names.identity, identity)
+    guid = decoded_value(attrs, names.identity, identity)
     name_attr = {EntryKind.USER: names.user_name, EntryKind.GROUP: names.group_name,
                  EntryKind.COMPUTER: names.computer_name}[kind]
-    name = decode.text(_one(attrs, name_attr)) or _rdn_value(dn)
+    name = decode.text(first_value(attrs, name_attr)) or _rdn_value(dn)
     if not name:
         raise ValueError(f"{name_attr} is missing")
-    display = decode.text(_one(attrs, names.display_name)) or decode.text(_one(attrs, "cn"))
+    display = decode.text(first_value(attrs, names.display_name)) or decode.text(first_value(attrs, "cn"))
     members: tuple[str, ...] = ()
     gid_number = primary_gid = None
     disabled = False
@@ -154,28 +140,28 @@ def entry_from_ldap(dn: str, raw: RawAttributes, kind: EntryKind, names, *,
                 out.append(resolved)
         seen: set[str] = set()
         members = tuple(m for m in out if m and not (decode.dn_key(m) in seen or seen.add(decode.dn_key(m))))
-        gid_number = field("gidNumber", decode.integer)
+        gid_number = decoded_value(attrs, "gidNumber", decode.integer)
     else:
-        disabled = (ns_account_lock(_one(attrs, "nsAccountLock"))
-                    or ppolicy_locked(_one(attrs, "pwdAccountLockedTime")))
-        moments = [m for m in (field("shadowExpire", shadow_expire),
-                               field("krbPrincipalExpiration", decode.generalized_time)) if m is not None]
+        disabled = (ns_account_lock(first_value(attrs, "nsAccountLock"))
+                    or ppolicy_locked(first_value(attrs, "pwdAccountLockedTime")))
+        moments = [m for m in (decoded_value(attrs, "shadowExpire", shadow_expire),
+                               decoded_value(attrs, "krbPrincipalExpiration", decode.generalized_time)) if m is not None]
         expires = min(moments) if moments else None
         if kind is EntryKind.USER:
-            primary_gid = field("gidNumber", decode.integer)
+            primary_gid = decoded_value(attrs, "gidNumber", decode.integer)
     return DirectoryEntry(
         guid=guid,
         kind=kind,
         dn=dn,
         name=name,
         display_name=display,
-        mail=decode.text(_one(attrs, names.mail)),
+        mail=decode.text(first_value(attrs, names.mail)),
         # The AD-equivalent flag: the lifecycle rule and the store treat every directory alike.
         user_account_control=UAC_ACCOUNTDISABLE if disabled else None,
         account_expires=expires,
-        last_logon=field("authTimestamp", decode.generalized_time),
-        pwd_last_set=field("pwdChangedTime", decode.generalized_time),
-        when_created=field("createTimestamp", decode.generalized_time),
+        last_logon=decoded_value(attrs, "authTimestamp", decode.generalized_time),
+        pwd_last_set=decoded_value(attrs, "pwdChangedTime", decode.generalized_time),
+        when_created=decoded_value(attrs, "createTimestamp", decode.generalized_time),
         primary_group_id=primary_gid,
         gid_number=gid_number,
         members=members,

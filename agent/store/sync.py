@@ -560,7 +560,7 @@ def rds_licenses_from_json(text: str | None) -> tuple[RdsLicense, ...]:
 def _sync_memberships(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, dict]) -> None:
     """Store direct memberships resolved to principal ids, changing only what differs."""
     live = [e for e in entries if not e.deleted]
-    by_dn = {decode.dn_key(e.dn): rows[e.guid]["id"] for e in live}
+    by_dn = {rows[e.guid]["dn_key"]: rows[e.guid]["id"] for e in live}  # keys computed when the rows were
     group_by_sid = {e.sid: rows[e.guid]["id"] for e in live if e.kind is EntryKind.GROUP and e.sid}
     group_by_gid: dict[int, int] = {}
     for e in live:
@@ -639,8 +639,9 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
     # SID only when a changed principal has a primary group: not every stored principal.
     p = _PRINCIPALS.c
     live = and_(p.directory == directory, p.state.not_in(_GONE))
-    member_keys = sorted({decode.dn_key(dn) for e in entries if not e.deleted and e.kind is EntryKind.GROUP
-                          for dn in e.members})
+    keys_of = {rows[e.guid]["id"]: [decode.dn_key(dn) for dn in e.members] for e in entries
+               if not e.deleted and e.kind is EntryKind.GROUP}
+    member_keys = sorted({key for keys in keys_of.values() for key in keys})
     by_dn: dict[str, int] = {}
     for start in range(0, len(member_keys), _BATCH):
         stmt = (select(p.dn_key, p.id).where(live, p.dn_key.in_(member_keys[start:start + _BATCH]))
@@ -656,8 +657,8 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
             continue
         if entry.kind is EntryKind.GROUP:
             group_id = rows[entry.guid]["id"]
-            for member_dn in entry.members:
-                member_id = by_dn.get(decode.dn_key(member_dn))
+            for key in keys_of[group_id]:
+                member_id = by_dn.get(key)
                 if member_id is not None:
                     wanted.setdefault((group_id, member_id), False)
         if entry.primary_group_id is not None and entry.domain_sid:
