@@ -200,15 +200,30 @@ def report(config_path, fmt, output, run_id, diff):
     else:
         if fmt == "text":
             raise ConfigError("--format text is for --diff; the report itself is json, html, csv or xlsx")
-        text = engine.render(engine.stored_report(store, run_id), fmt)
+        text = engine.stored_report_text(store, run_id, fmt)
     if output:
         try:
             engine.write_private(output, text)
         except OSError as exc:
             raise CalAgentError(f"cannot write {output}: {exc.strerror or exc}") from None
         click.echo(f"wrote {output}", err=True)
-    else:
+    elif isinstance(text, str):
         click.echo(text, nl=False)
+    else:
+        _write_stdout_bytes(text)
+
+
+def _write_stdout_bytes(chunks) -> None:
+    """UTF-8 chunks to stdout: through its binary buffer, or as text where it has none (a
+    redirected stream)."""
+    binary = getattr(sys.stdout, "buffer", None)
+    if binary is None:
+        sys.stdout.write(b"".join(chunks).decode("utf-8"))
+        return
+    sys.stdout.flush()
+    for chunk in chunks:
+        binary.write(chunk)
+    binary.flush()
 
 
 @cli.command()
@@ -258,7 +273,7 @@ def demo(output):
     if failures:
         _report_failures(failures)
     result = engine.reconcile_and_record(config, store)
-    written = engine.write_report_files(config, result.report)
+    written = engine.write_report_files(config, result.report, result.report_gz)
     click.echo("cal-agent demo: Northwind Traders (fictional), directory export of 2026-11-01\n")
     _print_summary(result.report)
     click.echo(f"\nHTML report: {written['html'].resolve()}")

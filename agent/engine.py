@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -28,7 +29,7 @@ from agent.directory import make_reader
 from agent.errors import CalAgentError, InventoryError, NoDataError, StoreError
 from agent.inventory.ledger import Ledger
 from agent.inventory.register import Inventory, load_inventory
-from agent.reports.json_report import build_report, dumps_pretty, iso
+from agent.reports.json_report import build_report, dumps_pretty, gunzipped_chunks, gzip_report, iso, report_from_gzip
 from agent.store.db import Store
 from agent.store.models import Membership, Principal, PrincipalEvent, Run, RunFinding, SyncRun
 from agent.store.sync import SyncOutcome, rds_licenses_from_json, run_sync
@@ -127,6 +128,7 @@ class RunResult:
     run_id: int
     reconciliation: Reconciliation
     report: dict[str, Any]
+    report_gz: bytes  # the report as stored: its JSON text, gzip'd
 
 
 def load_register(config: Config, store: Store) -> tuple[Inventory, dict[str, Any]]:
@@ -159,16 +161,16 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
                        rules=config.rules)
     with store.session() as session:
         # The stored report is deferred: loaded only if drift needs it (_previous_for_drift).
-        previous_run = session.scalars(select(Run).options(defer(Run.report)).order_by(Run.id.desc()).limit(1)).first()
+        previous_run = session.scalars(select(Run).options(defer(Run.report_gz)).order_by(Run.id.desc()).limit(1)).first()
         previous = _previous_for_drift(session, previous_run, {f.key for f in result.findings})
         run = Run(created_at=now, compliant=result.compliant, findings=len(result.findings), errors=0, warnings=0,
-                  shortfall=result.shortfall, report={})
+                  shortfall=result.shortfall, report_gz=b"")
         session.add(run)
         session.flush()
         report = build_report(result, run_id=run.id, previous=previous, directories=status, generated_at=now,
                               inventory=inventory_info, trend=_trend(session, before=run.id),
                               principal_changes=_principal_changes(session, previous_run, config))
-        run.report = report
+        run.report_gz = report_gz = gzip_report(report)
         run.errors, run.warnings = report["summary"]["errors"], report["summary"]["warnings"]
         findings = [{"run_id": run.id, "key": f["key"], "kind": f["kind"], "severity": f["severity"]}
                     for f in report["findings"]]
@@ -177,7 +179,7 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
         run_id = run.id
     log.info("reconcile.finished", run=run_id, compliant=result.compliant, findings=len(result.findings),
              shortfall=result.shortfall, new=len(report["drift"]["new"]), resolved=len(report["drift"]["resolved"]))
-    return RunResult(run_id=run_id, reconciliation=result, report=report)
+    return RunResult(run_id=run_id, reconciliation=result, report=report, report_gz=report_gz)
 
 
 def _previous_for_drift(session, previous_run: Run | None, current_keys: set[str]) -> dict[str, Any] | None:
@@ -188,7 +190,7 @@ def _previous_for_drift(session, previous_run: Run | None, current_keys: set[str
         return None
     keys = set(session.scalars(select(RunFinding.key).where(RunFinding.run_id == previous_run.id)))
     if keys - current_keys or not keys and previous_run.findings:
-        return previous_run.report
+        return report_from_gzip(previous_run.report_gz)
     return {"run": {"id": previous_run.id}, "findings": [{"key": key} for key in keys]}
 
 
@@ -228,18 +230,30 @@ def _principal_changes(session, previous_run: Run | None, config: Config) -> lis
     return out
 
 
-def stored_report(store: Store, run_id: int | None = None) -> dict[str, Any]:
+def stored_report_gz(store: Store, run_id: int | None = None) -> bytes:
+    """The stored report of run ``run_id`` (default: the newest) as stored: its JSON text, gzip'd."""
     with store.session() as session:
         if run_id is None:
-            run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
-            if run is None:
+            blob = session.scalars(select(Run.report_gz).order_by(Run.id.desc()).limit(1)).first()
+            if blob is None:
                 raise NoDataError("no reconcile has run yet", hint="run `cal-agent reconcile` or `cal-agent run --once`")
         else:
-            run = session.get(Run, run_id)
-            if run is None:
+            blob = session.scalars(select(Run.report_gz).where(Run.id == run_id)).first()
+            if blob is None:
                 count = session.scalar(select(func.count(Run.id)))
                 raise NoDataError(f"no run {run_id} (there are {count} runs)")
-        return run.report
+        return blob
+
+
+def stored_report(store: Store, run_id: int | None = None) -> dict[str, Any]:
+    return report_from_gzip(stored_report_gz(store, run_id))
+
+
+def stored_report_text(store: Store, run_id: int | None, fmt: str) -> str | Iterable[bytes]:
+    """A stored report in ``fmt``; JSON comes straight out of the stored text, unparsed."""
+    if fmt == "json":
+        return gunzipped_chunks(stored_report_gz(store, run_id))
+    return render(stored_report(store, run_id), fmt)
 
 
 def render(report: dict[str, Any], fmt: str) -> str:
@@ -260,13 +274,20 @@ def render(report: dict[str, Any], fmt: str) -> str:
     raise ValueError(fmt)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write atomically (temp file + rename) with mode 0600: reports name every employee."""
+def write_private(path: Path, content: str | bytes | Iterable[bytes]) -> None:
+    """Write atomically (temp file + rename) with mode 0600: reports name every employee.
+    ``content``: text (written as UTF-8), bytes, or chunks of bytes (a stored report's JSON)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            if isinstance(content, str):
+                content = content.encode("utf-8")
+            if isinstance(content, bytes):
+                handle.write(content)
+            else:
+                for chunk in content:
+                    handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o600)
@@ -279,16 +300,17 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
-def write_report_files(config: Config, report: dict[str, Any]) -> dict[str, Path]:
-    """run-<id>.{json,html} plus latest.{json,html} in reports.directory."""
+def write_report_files(config: Config, report: dict[str, Any], report_gz: bytes | None = None) -> dict[str, Path]:
+    """run-<id>.{json,html} plus latest.{json,html} in reports.directory.  Given the stored form
+    (``report_gz``), the JSON files are copied out of it instead of rendered again."""
     directory = config.reports.directory
     written: dict[str, Path] = {}
     try:
         for fmt in ("json", "html"):
-            text = render(report, fmt)
+            text = render(report, fmt) if fmt == "html" or report_gz is None else None
             path = directory / f"run-{report['run']['id']:06d}.{fmt}"
-            write_private(path, text)
-            write_private(directory / f"latest.{fmt}", text)
+            for target in (path, directory / f"latest.{fmt}"):
+                write_private(target, text if text is not None else gunzipped_chunks(report_gz))
             written[fmt] = path
     except OSError as exc:
         raise StoreError(f"cannot write reports to {directory}: {exc.strerror or exc}",

@@ -142,3 +142,70 @@ def test_drift_lists_new_findings_and_resolved_ones_in_full(site):
     third = json.loads(site.run("report").stdout)
     assert third["drift"]["new"] == third["drift"]["resolved"] == []
     assert third["run"]["previous_id"] == second["run"]["id"]
+
+
+def test_the_stored_report_is_the_json_report_gzipd_and_is_what_report_prints(site):
+    # Each run keeps its report in the database; at 100,000 users that is ~90 MB of JSON a run, so
+    # it is kept gzip'd: an admin can `gunzip` it, and `report --format json` prints it unchanged.
+    import gzip
+
+    from sqlalchemy import select
+
+    printed = site.run("report", "--format", "json").stdout
+    store = open_store(load_config(site.config))
+    with store.session() as session:
+        blob = session.scalars(select(Run.report_gz).order_by(Run.id.desc())).first()
+    assert gzip.decompress(blob).decode() == printed
+    assert (site.folder / "reports" / "latest.json").read_text() == printed
+    assert len(blob) * 4 < len(printed.encode())
+    out = site.folder / "out.json"
+    site.run("report", "--format", "json", "--output", str(out))
+    assert out.read_text() == printed and json.loads(printed)["run"]["id"] == 1
+
+
+def test_stored_chunks_are_bounded_and_a_truncated_report_is_an_error():
+    from agent.reports.json_report import gunzipped_chunks, gzip_report
+
+    report = {"findings": [{"key": f"k{i}", "message": "é" * (i % 50)} for i in range(5000)]}
+    blob = gzip_report(report)
+    chunks = list(gunzipped_chunks(blob, size=4096))
+    assert max(map(len, chunks)) <= 4096 and len(chunks) > 10
+    assert json.loads(b"".join(chunks)) == report
+    with pytest.raises(ValueError, match="truncated"):
+        list(gunzipped_chunks(blob[:len(blob) // 2], size=4096))
+
+
+def test_reports_stored_before_migration_0007_survive_the_upgrade_and_a_downgrade(tmp_path, database_url):
+    # Runs stored as a JSON column (migrations 0001-0006) are converted one by one; nothing of a
+    # report is lost either way.
+    import sqlalchemy as sa
+    from alembic import command
+
+    from agent.engine import stored_report, stored_report_text
+    from agent.reports.json_report import dumps_pretty
+    from agent.store.db import Store, alembic_config
+
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", database_url)
+    command.upgrade(config, "0006")
+    old = [{"run": {"id": i, "previous_id": None}, "findings": [{"key": f"k{i}", "message": "Zoë <b>"}],
+            "summary": {"findings": 1}} for i in (1, 2)]
+    runs = sa.table("runs", sa.column("id", sa.Integer), sa.column("created_at", sa.DateTime),
+                    sa.column("compliant", sa.Boolean), sa.column("findings", sa.Integer),
+                    sa.column("errors", sa.Integer), sa.column("warnings", sa.Integer),
+                    sa.column("shortfall", sa.Integer), sa.column("report", sa.JSON))
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as connection:
+        connection.execute(runs.insert(), [{"id": r["run"]["id"], "created_at": datetime(2026, 11, 1), "compliant": False,
+                                            "findings": 1, "errors": 1, "warnings": 0, "shortfall": 0, "report": r}
+                                           for r in old])
+    engine.dispose()
+    store = Store(database_url)  # upgrades to the newest revision
+    assert [stored_report(store, i) for i in (1, 2)] == old
+    assert b"".join(stored_report_text(store, 2, "json")).decode() == dumps_pretty(old[1])
+    store.close()
+    command.downgrade(config, "0006")
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as connection:
+        assert [r.report for r in connection.execute(sa.select(runs.c.report).order_by(runs.c.id))] == old
+    engine.dispose()

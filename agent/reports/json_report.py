@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -13,12 +16,46 @@ from agent.compliance.model import Finding, PrincipalRef, Reconciliation
 SCHEMA_VERSION = 1
 
 
-def dumps_pretty(report: dict[str, Any]) -> str:
-    """The report as the `report --format json` text: two-space indents, UTF-8, a final newline.
+def pretty_json(report: dict[str, Any]) -> bytes:
+    """The report as the `report --format json` text, UTF-8: two-space indents, a final newline.
     Byte for byte what ``json.dumps(indent=2, ensure_ascii=False)`` writes, 25 times faster (a
     100,000-user report is ~120 MB: 8.5 s with the standard library's indenting encoder, which is
     pure Python; 0.3 s with orjson)."""
-    return orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE).decode()
+    return orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+def dumps_pretty(report: dict[str, Any]) -> str:
+    return pretty_json(report).decode()
+
+
+# The stored form of a report (runs.report_gz): that same text, gzip'd.  JSON of this shape
+# compresses ~30 times (118 MB to 4 MB at 100,000 users, in 0.4 s at level 1), so each run costs the
+# database megabytes instead of ~90 MB, and `report --format json` copies it out without parsing
+# (parsing alone is ~3 s and ~400 MB of objects at that size).  `gunzip` reads it as it is.
+
+def gzip_report(report: dict[str, Any]) -> bytes:
+    return gzip.compress(pretty_json(report), compresslevel=1, mtime=0)
+
+
+def report_from_gzip(blob: bytes) -> dict[str, Any]:
+    return orjson.loads(gzip.decompress(blob))
+
+
+def gunzipped_chunks(blob: bytes, size: int = 1 << 20) -> Iterator[bytes]:
+    """The report text of a stored report, a chunk at a time (never the whole text in memory)."""
+    inflate = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer
+    for start in range(0, len(blob), size):
+        data = blob[start:start + size]
+        while data:
+            chunk = inflate.decompress(data, size)  # at most `size` bytes out at a time
+            if chunk:
+                yield chunk
+            data = inflate.unconsumed_tail
+    rest = inflate.flush()
+    if rest:
+        yield rest
+    if not inflate.eof:
+        raise ValueError("truncated stored report")
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -175,7 +176,8 @@ class PrincipalEvent(Base):
 
 
 class Run(Base):
-    """One reconcile: its findings and the full JSON report it produced."""
+    """One reconcile: its findings and the full JSON report it produced (``report_gz``: the
+    report's JSON text as `report --format json` prints it, gzip'd; agent/reports/json_report.py)."""
 
     __tablename__ = "runs"
 
@@ -186,7 +188,7 @@ class Run(Base):
     errors: Mapped[int] = mapped_column(Integer)
     warnings: Mapped[int] = mapped_column(Integer)
     shortfall: Mapped[int] = mapped_column(Integer)
-    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report_gz: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class RunFinding(Base):
