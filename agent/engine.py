@@ -9,13 +9,15 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+import contextlib
+import gc
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -47,6 +49,24 @@ def open_store(config: Config) -> Store:
     return Store(config.database.url)
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Hold back the cyclic garbage collector while a sync or a reconcile builds its objects.
+
+    They make millions of objects that live until the step ends, none of them in reference cycles;
+    CPython 3.11 runs a full collection each time the live objects grow by a quarter, each one
+    walking all of them: at 100,000 users that was 4.4 s of a 15.9 s reconcile.  Plain reference
+    counting still frees everything as usual; cycles made meanwhile wait for the next collection."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@_collector_paused()
 def sync_directories(config: Config, store: Store, only: str | None = None, *, accept_departures: bool = False,
                      progress: Any = None, full: bool = False) -> tuple[list[SyncOutcome], list[SyncFailure]]:
     """Sync every configured directory (or one).  A failure of one does not stop the others.
@@ -145,6 +165,7 @@ def load_register(config: Config, store: Store) -> tuple[Inventory, dict[str, An
             {"source": "database", "path": str(config.inventory), "file_differs": differs})
 
 
+@_collector_paused()
 def reconcile_and_record(config: Config, store: Store, *, now: datetime | None = None) -> RunResult:
     now = now or datetime.now(timezone.utc)
     inventory, inventory_info = load_register(config, store)
@@ -318,6 +339,7 @@ def write_report_files(config: Config, report: dict[str, Any], report_gz: bytes 
     return written
 
 
+@_collector_paused()
 def current_reconciliation(config: Config, store: Store, *, today: date | None = None):
     """Reconcile the store's current state without recording a run (for `plan`)."""
     inventory, _info = load_register(config, store)
