@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import update
 
 from agent.config import load_config
@@ -151,16 +153,34 @@ def test_the_stored_report_is_the_json_report_gzipd_and_is_what_report_prints(si
 
     from sqlalchemy import select
 
+    from agent.reports.json_report import dumps_pretty
+
     printed = site.run("report", "--format", "json").stdout
     store = open_store(load_config(site.config))
     with store.session() as session:
         blob = session.scalars(select(Run.report_gz).order_by(Run.id.desc())).first()
     assert gzip.decompress(blob).decode() == printed
+    assert printed == dumps_pretty(json.loads(printed))  # laid out as the whole report would be
     assert (site.folder / "reports" / "latest.json").read_text() == printed
     assert len(blob) * 4 < len(printed.encode())
     out = site.folder / "out.json"
     site.run("report", "--format", "json", "--output", str(out))
     assert out.read_text() == printed and json.loads(printed)["run"]["id"] == 1
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=3), inner, max_size=4),
+                     max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(report=st.dictionaries(st.text(max_size=4), _json, max_size=5), batch=st.integers(1, 4))
+def test_the_report_text_made_in_pieces_is_the_whole_reports_text(report, batch):
+    # The stored report is written in pieces (never 118 MB of text at once); the pieces must make
+    # exactly the text of the report laid out whole: `report --format json` prints them unchanged.
+    from agent.reports.json_report import pretty_chunks, pretty_json
+
+    assert b"".join(pretty_chunks(report, batch=batch)) == pretty_json(report)
 
 
 def test_stored_chunks_are_bounded_and_a_truncated_report_is_an_error():
