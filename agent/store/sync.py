@@ -416,36 +416,38 @@ def _executemany(conn, statement, rows: list[dict]) -> None:
         conn.execute(statement, rows[start:start + _BATCH])
 
 
-def _insert_rows(conn, table, rows: list[dict]) -> None:
-    """Insert ``rows`` (dicts with the same keys).  On SQLite, straight through the driver with
-    each value converted by its column type once per distinct value: SQLAlchemy's per-row
-    parameter processing was two thirds of writing a first sync's 375,000 rows (docs/performance.md).
-    Elsewhere (PostgreSQL: insertmanyvalues batches) through SQLAlchemy Core."""
+def _insert_rows(conn, table, rows: list[dict], columns: list[str] | None = None) -> None:
+    """Insert ``rows`` (dicts with the same keys; ``columns``: only these of them).  On SQLite,
+    straight through the driver with each value converted by its column type once per distinct
+    value: SQLAlchemy's per-row parameter processing was two thirds of writing a first sync's
+    375,000 rows (docs/performance.md).  Elsewhere (PostgreSQL: insertmanyvalues batches) through
+    SQLAlchemy Core.  A batch at a time, so the rows are never all copied at once."""
     if not rows:
         return
+    columns = columns or list(rows[0])
     if conn.dialect.name != "sqlite":
-        _executemany(conn, table.insert(), rows)
+        for start in range(0, len(rows), _BATCH):
+            conn.execute(table.insert(), [{name: row[name] for name in columns} for row in rows[start:start + _BATCH]])
         return
-    columns = list(rows[0])
     processors = [table.c[name].type.bind_processor(conn.dialect) for name in columns]
     converted: list[dict] = [{} for _ in columns]  # per column: value -> stored form
-    params = []
-    for row in rows:
-        values = []
-        for index, name in enumerate(columns):
-            value = row[name]
-            process = processors[index]
-            if value is not None and process is not None:
-                seen = converted[index]
-                stored = seen.get(value)
-                if stored is None:
-                    stored = seen[value] = process(value)
-                value = stored
-            values.append(value)
-        params.append(tuple(values))
     statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-    for start in range(0, len(params), _BATCH):
-        conn.exec_driver_sql(statement, params[start:start + _BATCH])
+    for start in range(0, len(rows), _BATCH):
+        params = []
+        for row in rows[start:start + _BATCH]:
+            values = []
+            for index, name in enumerate(columns):
+                value = row[name]
+                process = processors[index]
+                if value is not None and process is not None:
+                    seen = converted[index]
+                    stored = seen.get(value)
+                    if stored is None:
+                        stored = seen[value] = process(value)
+                    value = stored
+                values.append(value)
+            params.append(tuple(values))
+        conn.exec_driver_sql(statement, params)
 
 
 def _entry_values(entry: DirectoryEntry) -> dict:
@@ -508,7 +510,7 @@ def _count_live(conn, directory: str) -> dict[str, int]:
 def _write_principals(conn, rows: dict[str, dict], inserts: list[dict], updates: dict[str, dict]) -> None:
     """Insert the new principals (then learn their ids) and update the changed columns of the others."""
     if inserts:
-        _insert_rows(conn, _PRINCIPALS, [{k: v for k, v in row.items() if k != "id"} for row in inserts])
+        _insert_rows(conn, _PRINCIPALS, inserts, [name for name in inserts[0] if name != "id"])
         directory = inserts[0]["directory"]
         new = {row["guid"] for row in inserts}
         for guid, pid in conn.execute(select(_PRINCIPALS.c.guid, _PRINCIPALS.c.id)
