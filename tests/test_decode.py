@@ -76,6 +76,23 @@ def test_sid_length_mismatch_is_an_error():
 ])
 def test_dn_subtree(dn, base, inside):
     assert decode.dn_is_under(dn, base) is inside
+    assert decode.key_is_under(decode.dn_key(dn), decode.dn_key(base)) is inside
+
+
+# RDNs as directories hand them out: attribute=value, where a comma, a backslash or a space at
+# either end is escaped in the value.
+_values = st.lists(st.sampled_from(["a", "B", " ", "=", "\\,", "\\\\", "\\ ", "\\2c"]), max_size=5).map("".join)
+_rdns = st.builds("{}={}".format, st.sampled_from(["cn", "OU", " dc "]), _values)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_rdns, min_size=1, max_size=4), st.integers(0, 3), st.lists(_rdns, max_size=2).map(",".join))
+def test_subtree_on_stored_keys_agrees_with_subtree_on_dns(rdns, cut, other):
+    # reconcile selects `ou:` from the keys the store keeps (no DN parsed per principal); it must
+    # answer as the DN comparison does, escaped commas and backslashes included.
+    dn = ",".join(rdns)
+    for base in (",".join(rdns[cut:]), other, other + "," + ",".join(rdns[-1:])):
+        assert decode.key_is_under(decode.dn_key(dn), decode.dn_key(base)) is decode.dn_is_under(dn, base), base
 
 
 def _raw(**attrs):

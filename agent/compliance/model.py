@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from agent.directory.decode import dn_key
+
 PrincipalKey = tuple[str, str]  # (directory, objectGUID)
 
 ERROR = "error"
@@ -72,6 +74,11 @@ class Principal:
     display_name: str | None = None
     state_since: datetime | None = None
     rds_cals: tuple[RdsPerUserCal, ...] = ()
+    dn_key: str = field(default="", compare=False, repr=False)  # decode.dn_key(dn); the store keeps it
+
+    def __post_init__(self) -> None:
+        if not self.dn_key:
+            object.__setattr__(self, "dn_key", dn_key(self.dn))
 
     @property
     def key(self) -> PrincipalKey:

@@ -22,7 +22,7 @@ from agent.compliance.model import (
     Reconciliation,
 )
 from agent.config import ExemptConfig, Requirement, RulesConfig, Selector
-from agent.directory.decode import dn_is_under, dn_key
+from agent.directory.decode import dn_key, key_is_under
 from agent.inventory.register import LAWFUL_EARLY_REASONS, Assignment, Inventory, Purchase
 from agent.inventory.versions import normalise_version, parse_version, version_covers
 from agent.store.models import PrincipalState
@@ -54,11 +54,11 @@ class _Index:
     def __init__(self, view: DirectoryView) -> None:
         self.by_key: dict[PrincipalKey, Principal] = {p.key: p for p in view.principals}
         self.by_name: dict[tuple[str, str], list[Principal]] = defaultdict(list)
-        self.by_dn: dict[tuple[str, str], Principal] = {}
+        self.by_dn: dict[tuple[str, str], Principal] = {}  # groups only
         for p in view.principals:
             self.by_name[(p.kind, p.name.lower())].append(p)
-            if p.state not in (PrincipalState.DELETED.value, PrincipalState.MISSING.value):
-                self.by_dn[(p.directory, dn_key(p.dn))] = p
+            if p.kind == "group" and p.state not in (PrincipalState.DELETED.value, PrincipalState.MISSING.value):
+                self.by_dn[(p.directory, p.dn_key)] = p  # requirements name groups by DN
         self.children: dict[PrincipalKey, list[PrincipalKey]] = defaultdict(list)
         for group, member in view.memberships:
             self.children[group].append(member)
@@ -69,7 +69,7 @@ class _Index:
         dirs = [directory] if directory else list(self.directories)
         if "=" in ref:
             found = [self.by_dn.get((d, dn_key(ref))) for d in dirs]
-            return [g for g in found if g is not None and g.kind == "group"]
+            return [g for g in found if g is not None]
         return [g for g in self.by_name.get(("group", ref.lower()), [])
                 if (directory is None or g.directory == directory)
                 and g.state not in (PrincipalState.DELETED.value, PrincipalState.MISSING.value)]
@@ -99,7 +99,8 @@ def select_principals(requirement: Requirement, index: _Index, problems: list[Fi
                   if p.kind == kind and p.state == PrincipalState.ACTIVE.value
                   and (requirement.directory is None or p.directory == requirement.directory)]
     if selector.ou:
-        candidates = [p for p in candidates if dn_is_under(p.dn, selector.ou)]
+        base = dn_key(selector.ou)
+        candidates = [p for p in candidates if key_is_under(p.dn_key, base)]
     if selector.group:
         groups = index.groups_named(selector.group, requirement.directory)
         if not groups:

@@ -177,6 +177,20 @@ def dn_is_under(dn: str, base: str) -> bool:
     return len(dn_p) >= len(base_p) and dn_p[len(dn_p) - len(base_p):] == base_p
 
 
+def key_is_under(key: str, base_key: str) -> bool:
+    """``dn_is_under`` on comparison keys (``dn_key``), which the store keeps: no DN parsed.  The
+    key's separator before ``base_key`` must be a real one, not an escaped comma in a value."""
+    if key == base_key:
+        return True
+    if not base_key:
+        return True  # the root: everything is under it, as dn_is_under says
+    start = len(key) - len(base_key) - 1  # where the separator must be
+    if start < 1 or key[start] != "," or not key.endswith(base_key):
+        return False
+    backslashes = len(key[:start]) - len(key[:start].rstrip("\\"))
+    return backslashes % 2 == 0
+
+
 # msTSLicenseVersion (and its 2-4 variants) -> Windows Server version of a per-user RDS CAL (R27).
 #
 # The schema says only "Unicode string: version of the (first..fourth) per-user CAL" (MS-ADA2
