@@ -4,7 +4,7 @@
 A benchmark, not a test: it measures and prints, it asserts nothing (docs/performance.md).
 The Samba AD variant of bench/run, whose timed steps (drive()) it loads and runs unchanged.
 
-    bench/run_ad.py [--users 20000] [--seed 6] [--rebuild] [--keep] [--profile FILE.prof]
+    bench/run_ad.py [--users 20000] [--seed 6] [--rebuild] [--keep] [--profile FILE.prof [--profile-step incremental]]
 
 1. The DC, built once per (N, seed) and cached in ~/.cache/cal-agent-bench/samba-N-SEED/
    ($XDG_CACHE_HOME is honoured; --cache-dir DIR elsewhere; --rebuild builds it again):
@@ -531,6 +531,8 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="provision and populate the cached DC again")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (DC copy, config, store)")
     parser.add_argument("--profile", type=Path, help="profile the timed full sync into this .prof file")
+    parser.add_argument("--profile-step", choices=("full", "incremental"), default="full",
+                        help="the sync --profile profiles: the full one (default) or the incremental one")
     parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)  # the timed child: bench/run's drive()
     parser.add_argument("--report", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--modify", help=argparse.SUPPRESS)
@@ -538,7 +540,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     bench = load_bench_run()
     if args.driver:
-        print(json.dumps(bench.drive(args.driver, json.loads(args.modify), args.report, args.profile)), flush=True)
+        print(json.dumps(bench.drive(args.driver, json.loads(args.modify), args.report, args.profile,
+                                     args.profile_step)), flush=True)
         return
     if args.users < 100:
         parser.error("--users must be at least 100")
@@ -603,7 +606,7 @@ def main() -> None:
         driver = [sys.executable, str(Path(__file__).resolve()), "--driver", str(config),
                   "--report", str(work / "report.json"), "--modify", json.dumps(modify)]
         if args.profile:
-            driver += ["--profile", str(args.profile.resolve())]
+            driver += ["--profile", str(args.profile.resolve()), "--profile-step", args.profile_step]
         with tempfile.TemporaryFile() as captured:
             wall, driver_rss = bench.timed(driver, cwd=work, env=env, stdout=captured)
             captured.seek(0)

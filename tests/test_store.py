@@ -328,3 +328,49 @@ def test_incremental_posix_primary_groups_match_a_complete_read(store, tmp_path)
         assert _links(fresh) == _links(store)
     finally:
         fresh.close()
+
+
+@pytest.mark.parametrize("first_window,window,days_later", [(90, 365, 30), (365, 30, 0), (90, 90, 120)])
+def test_time_alone_changes_states_in_an_incremental_sync_as_a_complete_read_would(tmp_path, first_window, window,
+                                                                                 days_later):
+    # An incremental sync reads only changed entries; expiry and inactivity come with time (and a
+    # changed inactive_after_days), so it re-judges the stored principals whose state time can
+    # change.  Whatever it skips must be exactly those a complete read leaves as they were.
+    import random
+
+    from agent.compliance.lifecycle import principal_state
+    from agent.store.sync import apply_entries
+
+    rnd = random.Random(first_window + window + days_later)
+
+    def moment(low, high):
+        return None if rnd.random() < 0.15 else NOW + timedelta(days=rnd.randint(low, high))
+
+    people = [user(f"u{i}", rid=2000 + i, user_account_control=rnd.choice([512, 512, 512, 514]),
+                   account_expires=moment(-30, 150) if rnd.random() < 0.5 else None,
+                   last_logon=moment(-420, 0), pwd_last_set=moment(-420, 0), when_created=moment(-800, 0))
+              for i in range(300)]
+    later = NOW + timedelta(days=days_later)
+    transitions = {(principal_state(p, at=NOW, inactive_after_days=first_window)[0].value,
+                    principal_state(p, at=later, inactive_after_days=window)[0].value) for p in people}
+    stores = [Store(f"sqlite:///{tmp_path / name}.db") for name in ("incremental", "complete")]
+    try:
+        run_sync(stores[0], "corp", ListReader(people), inactive_after_days=first_window, now=NOW)
+        with stores[0].session() as session:
+            run = SyncRun(directory="corp", started_at=later, status="running", source="test", mode="incremental")
+            session.add(run)
+            session.flush()
+            sync_id = run.id
+        apply_entries(stores[0], "corp", sync_id, [], inactive_after_days=window, judge_at=later, now=later,
+                      incremental=True)
+        run_sync(stores[1], "corp", ListReader(people), inactive_after_days=window, now=later)
+        assert _states(stores[0]) == _states(stores[1])
+    finally:
+        for s in stores:
+            s.close()
+    # the data exercises the changes time can make (so the comparison above means something)
+    wanted = {(90, 365, 30): {("inactive", "active"), ("inactive", "expired"), ("active", "expired")},
+              (365, 30, 0): {("active", "inactive"), ("inactive", "inactive")},
+              (90, 90, 120): {("active", "inactive"), ("active", "expired"), ("inactive", "expired")},
+              }[(first_window, window, days_later)]
+    assert wanted <= transitions

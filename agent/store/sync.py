@@ -480,16 +480,23 @@ def _load_principals(conn, directory: str, *, guids: list[str] | None = None,
 def _time_candidates(conn, directory: str, judge_at: datetime, inactive_after_days: int,
                      seen: set[str]) -> dict[str, dict]:
     """Stored users and computers, not read this time, whose state time alone, or a changed
-    `inactive_after_days`, may change: every inactive or expired one (a longer window makes some
-    active again), and the active ones whose expiry has passed or none of whose activity dates
-    is recent."""
+    `inactive_after_days`, changes (lifecycle.principal_state; time only moves forward):
+
+    - active ones whose expiry has passed, or none of whose activity dates is recent;
+    - inactive ones whose expiry has passed (expired comes first), or with a recent activity date
+      (a longer window makes them active again).
+
+    Expired and disabled ones stay so with time.  Only these rows are loaded: a sync after a few
+    changes would otherwise load every inactive and expired principal each time."""
     c = _PRINCIPALS.c
     cutoff = judge_at - timedelta(days=inactive_after_days)
-    stale = and_(*[or_(column.is_(None), column < cutoff) for column in (c.last_logon, c.pwd_last_set,
-                                                                         c.when_created)])
+    dates = (c.last_logon, c.pwd_last_set, c.when_created)
+    stale = and_(*[or_(column.is_(None), column < cutoff) for column in dates])
+    recent = or_(*[column >= cutoff for column in dates])
+    expires = c.account_expires <= judge_at
     where = and_(c.kind != EntryKind.GROUP.value,
-                 or_(c.state.in_([PrincipalState.INACTIVE.value, PrincipalState.EXPIRED.value]),
-                     and_(c.state == PrincipalState.ACTIVE.value, or_(c.account_expires <= judge_at, stale))))
+                 or_(and_(c.state == PrincipalState.ACTIVE.value, or_(expires, stale)),
+                     and_(c.state == PrincipalState.INACTIVE.value, or_(expires, recent))))
     rows = _load_principals(conn, directory, where=where)
     return {guid: row for guid, row in rows.items() if guid not in seen}
 
