@@ -374,3 +374,13 @@ def test_time_alone_changes_states_in_an_incremental_sync_as_a_complete_read_wou
               (90, 90, 120): {("active", "inactive"), ("active", "expired"), ("inactive", "expired")},
               }[(first_window, window, days_later)]
     assert wanted <= transitions
+
+
+def test_times_written_by_the_bulk_insert_compare_equal_in_sql(store):
+    # A first sync inserts through the driver; its times must have the same stored form as any
+    # other write, or SQL comparisons (the incremental sync's candidates) are off at whole seconds.
+    created = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)  # whole seconds, as whenCreated is
+    sync(store, [user("zed", when_created=created)])
+    with store.session() as session:
+        assert session.scalar(select(func.count()).where(Principal.when_created == created)) == 1
+        assert session.scalar(select(func.count()).where(Principal.when_created >= created)) == 1

@@ -429,7 +429,9 @@ def _insert_rows(conn, table, rows: list[dict], columns: list[str] | None = None
         for start in range(0, len(rows), _BATCH):
             conn.execute(table.insert(), [{name: row[name] for name in columns} for row in rows[start:start + _BATCH]])
         return
-    processors = [table.c[name].type.bind_processor(conn.dialect) for name in columns]
+    # The dialect's own processors: times become SQLAlchemy's SQLite text form, as every other
+    # write stores them (the driver's adapter would drop ".000000", and SQL comparisons are textual).
+    processors = [table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for name in columns]
     converted: list[dict] = [{} for _ in columns]  # per column: value -> stored form
     statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
     for start in range(0, len(rows), _BATCH):
