@@ -63,6 +63,19 @@ class _Index:
         for group, member in view.memberships:
             self.children[group].append(member)
         self.directories = tuple(sorted({p.directory for p in view.principals} | set(view.directories)))
+        self._refs: dict[PrincipalKey, PrincipalRef] = {}
+        self._tuples: dict[tuple, tuple] = {}
+
+    def ref(self, principal: Principal) -> PrincipalRef:
+        """The principal as findings and licences name it: one object per principal."""
+        found = self._refs.get(principal.key)
+        if found is None:
+            found = self._refs[principal.key] = PrincipalRef.of(principal)
+        return found
+
+    def shared(self, value: tuple) -> tuple:
+        """One object per distinct tuple: most principals hold and need the same few things."""
+        return self._tuples.setdefault(value, value)
 
     def groups_named(self, ref: str, directory: str | None) -> list[Principal]:
         """A group given by DN or by sAMAccountName (case-insensitive)."""
@@ -198,7 +211,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
             if holder in wrong_kind:
                 findings.append(Finding(
                     kind=m.TYPE_MISMATCH, product=purchase.product, version=purchase.version,
-                    cal_type=purchase.cal_type, principal=PrincipalRef.of(holder), purchase=purchase.id,
+                    cal_type=purchase.cal_type, principal=index.ref(holder), purchase=purchase.id,
                     message=f"{purchase.id} is a {purchase.cal_type} CAL but {holder.name} is a {holder.kind}; "
                     f"it licenses nothing",
                 ))
@@ -207,7 +220,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
             if holder.state in _STALE_STATES:
                 findings.append(Finding(
                     kind=m.STALE_ASSIGNMENT, product=purchase.product, version=purchase.version,
-                    cal_type=purchase.cal_type, principal=PrincipalRef.of(holder), purchase=purchase.id,
+                    cal_type=purchase.cal_type, principal=index.ref(holder), purchase=purchase.id,
                     reason=holder.state, since=holder.state_since,
                     message=f"{holder.name} holds a seat of {purchase.id} but is {holder.state}"
                     + (f" since {holder.state_since:%Y-%m-%d}" if holder.state_since else "")
@@ -215,6 +228,15 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
                 ))
 
     # Unlicensed principals.
+    coverage: dict[tuple[str, str, str, str], bool] = {}  # a few purchases against a few needs, 100,000 times
+
+    def covers(purchase: Purchase, need: Need) -> bool:
+        slot = (purchase.id, need.product, need.version, need.cal_type)
+        found = coverage.get(slot)
+        if found is None:
+            found = coverage[slot] = _covers(purchase, need.product, need.version, need.cal_type, inventory, today)
+        return found
+
     licensed: dict[tuple[str, str, str], int] = defaultdict(int)
     rows: dict[tuple[str, str, str], int] = defaultdict(int)
     covered: set[tuple] = set()
@@ -222,7 +244,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
         principal = index.by_key[need.principal]
         rows[(need.product, need.version, need.cal_type)] += 1
         purchases = held.get(need.principal, [])
-        if any(_covers(p, need.product, need.version, need.cal_type, inventory, today) for p in purchases):
+        if any(covers(p, need) for p in purchases):
             licensed[(need.product, need.version, need.cal_type)] += 1
             covered.add((need.principal, need.product, need.version, need.cal_type))
             continue
@@ -232,7 +254,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
         for p in too_old:
             findings.append(Finding(
                 kind=m.VERSION_MISMATCH, product=need.product, version=need.version, cal_type=need.cal_type,
-                principal=PrincipalRef.of(principal), purchase=p.id, reason=p.version,
+                principal=index.ref(principal), purchase=p.id, reason=p.version,
                 message=f"{principal.name} holds {p.id}, a {p.version} CAL, which does not cover the "
                 f"{need.version} server (R07): assign a {need.version} or later CAL",
                 details=(("held_version", p.version), ("required_version", need.version)),
@@ -242,7 +264,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
         kind = m.UNLICENSED_USER if need.cal_type == "user" else m.UNLICENSED_DEVICE
         findings.append(Finding(
             kind=kind, product=need.product, version=need.version, cal_type=need.cal_type,
-            principal=PrincipalRef.of(principal),
+            principal=index.ref(principal),
             message=f"{principal.name} needs {_a(_cal_label(inventory, need.product, need.version, need.cal_type))} "
             f"(requirement {', '.join(need.requirements)}){detail}",
             details=(("requirements", need.requirements),),
@@ -289,10 +311,11 @@ def _licence_view(needs: list[Need], held: dict[PrincipalKey, list[Purchase]], c
     out = []
     for key in set(held) | set(needed):
         principal = index.by_key[key]
-        holds = tuple(sorted({(p.id, p.product, p.version, p.cal_type) for p in held.get(key, ())}))
-        wants = tuple(sorted((n.product, n.version, n.cal_type, (key, n.product, n.version, n.cal_type) in covered)
-                             for n in needed.get(key, ())))
-        out.append(m.PrincipalLicences(PrincipalRef.of(principal), holds, wants))
+        holds = index.shared(tuple(sorted({(p.id, p.product, p.version, p.cal_type) for p in held.get(key, ())})))
+        wants = index.shared(tuple(sorted((n.product, n.version, n.cal_type,
+                                           (key, n.product, n.version, n.cal_type) in covered)
+                                          for n in needed.get(key, ()))))
+        out.append(m.PrincipalLicences(index.ref(principal), holds, wants))
     return tuple(sorted(out, key=lambda l: (l.principal.kind, l.principal.name.lower(), l.principal.directory or "")))
 
 
@@ -321,7 +344,7 @@ def _missing_base_cals(needs: list[Need], held: dict[PrincipalKey, list[Purchase
             principal = index.by_key[key]
             what = f"holds {via}" if via else f"needs {catalog.name(product)}"
             out.setdefault((key, product, cal_type, prerequisite), Finding(
-                kind=m.MISSING_BASE_CAL, product=product, cal_type=cal_type, principal=PrincipalRef.of(principal),
+                kind=m.MISSING_BASE_CAL, product=product, cal_type=cal_type, principal=index.ref(principal),
                 purchase=via, reason=prerequisite,
                 message=f"{principal.name} {what} but no {catalog.name(prerequisite)} ({cal_type}): "
                 f"{catalog.name(product)} is licensed only on top of it (R12-R15)",
@@ -421,7 +444,7 @@ def _premature_reassignments(inventory: Inventory, index: _Index, rules: RulesCo
         if _departed(previous, t.on):
             continue
         target = _principal_named(index, t.to_principal, kinds)
-        ref = PrincipalRef.of(target) if target else PrincipalRef(kind=kinds[0], name=t.to_principal, directory=None)
+        ref = index.ref(target) if target else PrincipalRef(kind=kinds[0], name=t.to_principal, directory=None)
         out.append(Finding(
             kind=m.PREMATURE_REASSIGNMENT, product=purchase.product if purchase else None,
             version=purchase.version if purchase else None, cal_type=purchase.cal_type if purchase else None,
@@ -450,7 +473,7 @@ def _departed_owners(inventory: Inventory, index: _Index) -> list[Finding]:
         what = f"is {owner.state}" if owner else "is not in the directory"
         out.append(Finding(
             kind=m.OWNER_DEPARTED, product=p.product, version=p.version, cal_type=p.cal_type, purchase=p.id,
-            principal=PrincipalRef.of(owner) if owner else PrincipalRef(kind="user", name=p.owner, directory=None),
+            principal=index.ref(owner) if owner else PrincipalRef(kind="user", name=p.owner, directory=None),
             reason=state, since=owner.state_since if owner else None,
             message=f"{p.id} is held by the account {p.owner}, which {what}"
             + (f" (activated on the vendor's portal)" if p.activation == "vendor_portal" else "")
