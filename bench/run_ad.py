@@ -649,9 +649,11 @@ def main() -> None:
             "reconcile_ratio": round(reconcile_s / full_s, 3),
             "peak_rss_mb": round(driver_rss),
             "rss_mb": steps["rss_mb"],
+            "rss_after_mb": steps["rss_after_mb"],
             "findings": steps["findings"],
             **({"steady_cycle_s": round(steps["steady_cycle_s"], 3), "steady_cycle_read": steps["steady_cycle_read"]}
                if "steady_cycle_s" in steps else {}),  # bench/run's drive() times it since aa95e62
+            "full_resync_s": round(steps["full_resync_s"], 3),
             "startup_s": round(startup_s, 3),
             "import_s": steps["import_s"],
             "goals": bench.GOALS,
