@@ -264,104 +264,80 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
     other stored principals keeping their values (their state is judged again, as a complete read
     would, since expiry and inactivity come with time).  ``watermark``: stored in the same transaction.
 
-    Written with SQLAlchemy Core in batches (executemany), not row by row through the ORM: a
-    complete read of 125,000 entries is ~375,000 rows to insert (docs/performance.md).  Only
-    columns whose values changed are updated, so an unchanged directory rewrites nothing but
-    ``last_seen``."""
+    One transaction: a failure, or departures held by the guard, leaves the store as it was.
+    Written with SQLAlchemy Core (executemany), not row by row through the ORM: a complete read of
+    125,000 entries is ~375,000 rows (docs/performance.md).  Entries are applied 5,000 at a time:
+    their stored rows are loaded, compared and written, and only what later steps need of each
+    principal is kept (id, kind, state, DN key), so a complete re-read does not hold every stored
+    principal as a row besides its entry.  Only columns whose values changed are updated, and
+    ``last_seen`` by one statement per batch."""
     entries = list(entries)
     outcome = SyncOutcome(directory=directory, sync_id=sync_id, status="ok",
                           mode="incremental" if incremental else "full", reason=reason, read=len(entries))
-    events: list[tuple[dict, str, str | None, str | None]] = []
-    inserts: list[dict] = []
-    updates: dict[str, dict] = {}  # guid -> changed columns of a stored principal
+    events: list[tuple[str, str, str | None, str | None]] = []  # (guid, event, old, new)
+    principals: dict[str, dict] = {}  # guid -> {id, kind, state, dn_key} of every principal read or re-judged
+    seen: set[str] = set()
     with store.session() as session:
         conn = session.connection()
-        if incremental:
-            existing = _load_principals(conn, directory, guids=[e.guid for e in entries])
-        else:
-            existing = _load_principals(conn, directory)
-        seen: set[str] = set()
-        for entry in entries:
-            seen.add(entry.guid)
-            state, since = principal_state(entry, at=judge_at, inactive_after_days=inactive_after_days)
-            row = existing.get(entry.guid)
-            if entry.deleted:
-                outcome.tombstones += 1
-            elif entry.kind is EntryKind.USER:
-                outcome.users += 1
-            elif entry.kind is EntryKind.GROUP:
-                outcome.groups += 1
-            else:
-                outcome.computers += 1
-            if row is None:
-                row = {"id": None, "directory": directory, "guid": entry.guid, **_entry_values(entry),
-                       "state": state.value, "state_since": since or judge_at, "first_seen": now, "last_seen": now}
-                inserts.append(row)
-                existing[entry.guid] = row
-                events.append((row, "joined" if not entry.deleted else "deleted", None, state.value))
-                continue
-            changed = updates.setdefault(entry.guid, {})
-            changed["last_seen"] = now
-            if entry.deleted:
-                # Tombstones keep few attributes and a mangled DN: keep the last live values.
-                if row["state"] != PrincipalState.DELETED:
-                    events.append((row, "state", row["state"], PrincipalState.DELETED.value))
-                    changed["state"], changed["state_since"] = PrincipalState.DELETED.value, now
-                row.update(changed)
-                continue
-            values = _entry_values(entry)
-            if (row["dn_key"] or decode.dn_key(row["dn"])) != values["dn_key"]:
-                events.append((row, "moved", row["dn"], entry.dn))
-            if row["name"] != entry.name:
-                events.append((row, "renamed", row["name"], entry.name))
-            if row["rds_licenses"] != values["rds_licenses"]:
-                # A change, not a lifecycle event: a licence server issued, renewed or dropped a
-                # per-user RDS CAL.  The state is decided as before.
-                events.append((row, "rds_licenses", row["rds_licenses"], values["rds_licenses"]))
-            for name, value in values.items():
-                if row[name] != value:
-                    changed[name] = value
-            if row["state"] != state.value:
-                events.append((row, "state", row["state"], state.value))
-                changed["state"], changed["state_since"] = state.value, since or judge_at
-            row.update(changed)
+        active_before = _count_active(conn, directory)  # before anything is written
+        for start in range(0, len(entries), _BATCH):
+            batch = entries[start:start + _BATCH]
+            rows = _load_principals(conn, directory, guids=[e.guid for e in batch])
+            inserts: list[dict] = []
+            updates: dict[str, dict] = {}  # guid -> changed columns of a stored principal
+            for entry in batch:
+                seen.add(entry.guid)
+                _count_read(outcome, entry)
+                state, since = principal_state(entry, at=judge_at, inactive_after_days=inactive_after_days)
+                row = rows.get(entry.guid)
+                if row is None:
+                    row = {"id": None, "directory": directory, "guid": entry.guid, **_entry_values(entry),
+                           "state": state.value, "state_since": since or judge_at, "first_seen": now, "last_seen": now}
+                    inserts.append(row)
+                    rows[entry.guid] = row
+                    events.append((entry.guid, "joined" if not entry.deleted else "deleted", None, state.value))
+                    continue
+                changed = _compare(row, entry, state.value, since or judge_at, now, events)
+                if changed:
+                    updates[entry.guid] = changed
+                    row.update(changed)
+            stored_ids = [row["id"] for row in rows.values() if row["id"] is not None]
+            _write_principals(conn, rows, inserts, updates)
+            _touch(conn, stored_ids, now)
+            for guid, row in rows.items():
+                principals[guid] = _kept(row)
+        later: dict[str, dict] = {}  # state changes of principals not read
         if incremental:
             # Unchanged in the directory, but expiry and inactivity come with time: judge the
             # stored values as a complete read would judge the same values (only the principals
             # whose dates make a change possible are loaded).
             for guid, row in _time_candidates(conn, directory, judge_at, inactive_after_days, seen).items():
-                existing[guid] = row
                 state, since = principal_state(_stored_entry(row), at=judge_at,
                                                inactive_after_days=inactive_after_days)
                 if row["state"] != state.value:
-                    events.append((row, "state", row["state"], state.value))
-                    change = {"state": state.value, "state_since": since or judge_at}
-                    updates.setdefault(guid, {}).update(change)
-                    row.update(change)
+                    events.append((guid, "state", row["state"], state.value))
+                    later[guid] = {"state": state.value, "state_since": since or judge_at}
+                    row.update(later[guid])
+                principals[guid] = _kept(row)
         else:
-            for guid, row in existing.items():
-                if guid in seen or row["state"] in _GONE:
+            # Only reached after a complete read: the objects it did not return are gone and left
+            # no tombstone we could read (tombstone lifetime passed, or the bind account cannot
+            # list them).
+            c = _PRINCIPALS.c
+            for pid, guid, kind, state in conn.execute(select(c.id, c.guid, c.kind, c.state)
+                                                       .where(c.directory == directory, c.state.not_in(_GONE))):
+                if guid in seen:
                     continue
-                # Only reached after a complete read: the object is gone and left no tombstone we
-                # could read (tombstone lifetime passed, or the bind account cannot list them).
-                events.append((row, "state", row["state"], PrincipalState.MISSING.value))
-                change = {"state": PrincipalState.MISSING.value, "state_since": now}
-                updates.setdefault(guid, {}).update(change)
-                row.update(change)
-        departures = [(row, new) for row, kind, old, new in events
+                events.append((guid, "state", state, PrincipalState.MISSING.value))
+                later[guid] = {"state": PrincipalState.MISSING.value, "state_since": now}
+                principals[guid] = {"id": pid, "kind": kind, "state": PrincipalState.MISSING.value, "dn_key": None}
+        departures = [new for guid, kind, old, new in events
                       if kind == "state" and old == PrincipalState.ACTIVE.value and new in _DEPARTED
-                      and row["kind"] != EntryKind.GROUP.value]
-        if incremental:
-            active_before = _count_active(conn, directory)
-        else:
-            departed_rows = {id(row) for row, _new in departures}
-            active_before = sum(1 for row in existing.values() if row["kind"] != EntryKind.GROUP.value
-                                and row["id"] is not None
-                                and (row["state"] == PrincipalState.ACTIVE.value or id(row) in departed_rows))
+                      and principals[guid]["kind"] != EntryKind.GROUP.value]
         limit = departure_limit(active_before, max_departures)
         if departures and len(departures) > limit and not accept_departures:
             by_state: dict[str, int] = {}
-            for _row, new in departures:
+            for new in departures:
                 by_state[new] = by_state.get(new, 0) + 1
             detail = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()))
             # Raising inside the session rolls everything back: the store keeps the previous state.
@@ -370,14 +346,14 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 f"departed ({detail}), more than the limit of {limit}; nothing was changed",
                 hint="if a DC, filter or base_dn problem caused this, fix it; if the departures are real, run "
                 "`cal-agent sync --accept-departures` once (or raise directories[].max_departures)")
-        _write_principals(conn, existing, inserts, updates)
+        _write_principals(conn, principals, [], later)
         if incremental:
-            _sync_memberships_incremental(conn, directory, entries, existing)
+            _sync_memberships_incremental(conn, directory, entries, principals)
         else:
-            _sync_memberships(conn, directory, entries, existing)
+            _sync_memberships(conn, directory, entries, principals)
         event_rows = []
-        for row, kind, old, new in events:
-            event_rows.append({"sync_id": sync_id, "principal_id": row["id"], "at": now, "event": kind,
+        for guid, kind, old, new in events:
+            event_rows.append({"sync_id": sync_id, "principal_id": principals[guid]["id"], "at": now, "event": kind,
                                "old": old, "new": new})
             key = kind if kind != "state" else f"became_{new}"
             outcome.events[key] = outcome.events.get(key, 0) + 1
@@ -401,6 +377,58 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 for key, value in watermark.items():
                     setattr(stored, key, value)
     return outcome
+
+
+def _count_read(outcome: SyncOutcome, entry: DirectoryEntry) -> None:
+    if entry.deleted:
+        outcome.tombstones += 1
+    elif entry.kind is EntryKind.USER:
+        outcome.users += 1
+    elif entry.kind is EntryKind.GROUP:
+        outcome.groups += 1
+    else:
+        outcome.computers += 1
+
+
+def _compare(row: dict, entry: DirectoryEntry, state: str, state_since: datetime, now: datetime,
+             events: list[tuple[str, str, str | None, str | None]]) -> dict:
+    """The columns of a stored principal that ``entry`` changes, with its lifecycle events."""
+    changed: dict = {}
+    if entry.deleted:
+        # Tombstones keep few attributes and a mangled DN: keep the last live values.
+        if row["state"] != PrincipalState.DELETED:
+            events.append((entry.guid, "state", row["state"], PrincipalState.DELETED.value))
+            changed["state"], changed["state_since"] = PrincipalState.DELETED.value, now
+        return changed
+    values = _entry_values(entry)
+    if (row["dn_key"] or decode.dn_key(row["dn"])) != values["dn_key"]:
+        events.append((entry.guid, "moved", row["dn"], entry.dn))
+    if row["name"] != entry.name:
+        events.append((entry.guid, "renamed", row["name"], entry.name))
+    if row["rds_licenses"] != values["rds_licenses"]:
+        # A change, not a lifecycle event: a licence server issued, renewed or dropped a per-user
+        # RDS CAL.  The state is decided as before.
+        events.append((entry.guid, "rds_licenses", row["rds_licenses"], values["rds_licenses"]))
+    for name, value in values.items():
+        if row[name] != value:
+            changed[name] = value
+    if row["state"] != state:
+        events.append((entry.guid, "state", row["state"], state))
+        changed["state"], changed["state_since"] = state, state_since
+    return changed
+
+
+def _kept(row: dict) -> dict:
+    """What the steps after a batch need of a principal."""
+    return {"id": row["id"], "kind": row["kind"], "state": row["state"],
+            "dn_key": row["dn_key"] or decode.dn_key(row["dn"])}
+
+
+def _touch(conn, ids: list[int], now: datetime) -> None:
+    """last_seen: every principal the read returned (one statement per batch, not a row each)."""
+    for start in range(0, len(ids), _BATCH):
+        conn.execute(_PRINCIPALS.update().where(_PRINCIPALS.c.id.in_(ids[start:start + _BATCH]))
+                     .values(last_seen=now))
 
 
 _GONE = (PrincipalState.MISSING.value, PrincipalState.DELETED.value)
@@ -521,10 +549,11 @@ def _write_principals(conn, rows: dict[str, dict], inserts: list[dict], updates:
     if inserts:
         _insert_rows(conn, _PRINCIPALS, inserts, [name for name in inserts[0] if name != "id"])
         directory = inserts[0]["directory"]
-        new = {row["guid"] for row in inserts}
-        for guid, pid in conn.execute(select(_PRINCIPALS.c.guid, _PRINCIPALS.c.id)
-                                      .where(_PRINCIPALS.c.directory == directory)):
-            if guid in new:
+        new = [row["guid"] for row in inserts]
+        for start in range(0, len(new), _BATCH):
+            for guid, pid in conn.execute(select(_PRINCIPALS.c.guid, _PRINCIPALS.c.id)
+                                          .where(_PRINCIPALS.c.directory == directory,
+                                                 _PRINCIPALS.c.guid.in_(new[start:start + _BATCH]))):
                 rows[guid]["id"] = pid
     by_columns: dict[tuple[str, ...], list[dict]] = {}
     for guid, changed in updates.items():
