@@ -18,8 +18,13 @@ branch_labels = None
 depends_on = None
 
 
-def _runs(*columns):
-    return sa.table('runs', sa.column('id', sa.Integer), *columns)
+def _convert_each_run(source: sa.Column, target: sa.Column, convert) -> None:
+    """runs.<target> = convert(runs.<source>), one run at a time (a report can be ~90 MB)."""
+    connection = op.get_bind()
+    runs = sa.table('runs', sa.column('id', sa.Integer), source, target)
+    for (run_id,) in connection.execute(sa.select(runs.c.id).order_by(runs.c.id)).all():
+        value = connection.execute(sa.select(source).where(runs.c.id == run_id)).scalar_one()
+        connection.execute(runs.update().where(runs.c.id == run_id).values({target.name: convert(value)}))
 
 
 def _as_dict(value):
@@ -32,12 +37,8 @@ def upgrade() -> None:
 
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('report_gz', sa.LargeBinary(), nullable=True))
-    connection = op.get_bind()
-    runs = _runs(sa.column('report', sa.Text), sa.column('report_gz', sa.LargeBinary))
-    for (run_id,) in connection.execute(sa.select(runs.c.id).order_by(runs.c.id)).all():
-        value = connection.execute(sa.select(runs.c.report).where(runs.c.id == run_id)).scalar_one()
-        connection.execute(runs.update().where(runs.c.id == run_id)
-                           .values(report_gz=gzip_report(_as_dict(value) or {})))
+    _convert_each_run(sa.column('report', sa.Text), sa.column('report_gz', sa.LargeBinary),
+                      lambda value: gzip_report(_as_dict(value) or {}))
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.alter_column('report_gz', existing_type=sa.LargeBinary(), nullable=False)
         batch_op.drop_column('report')
@@ -46,12 +47,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('report', sa.JSON(), nullable=True))
-    connection = op.get_bind()
-    runs = _runs(sa.column('report', sa.JSON), sa.column('report_gz', sa.LargeBinary))
-    for (run_id,) in connection.execute(sa.select(runs.c.id).order_by(runs.c.id)).all():
-        blob = connection.execute(sa.select(runs.c.report_gz).where(runs.c.id == run_id)).scalar_one()
-        connection.execute(runs.update().where(runs.c.id == run_id)
-                           .values(report=json.loads(gzip.decompress(blob))))
+    _convert_each_run(sa.column('report_gz', sa.LargeBinary), sa.column('report', sa.JSON),
+                      lambda blob: json.loads(gzip.decompress(blob)))
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.alter_column('report', existing_type=sa.JSON(), nullable=False)
         batch_op.drop_column('report_gz')
