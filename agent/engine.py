@@ -231,7 +231,7 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
 
 def _previous_for_drift(session, previous_run: Run | None, current_keys: set[str]) -> dict[str, Any] | None:
     """What build_report needs of the previous run to compute drift.  Its finding keys come from
-    run_findings; its whole stored report (~90 MB of JSON at 100,000 users) is read only when
+    run_findings; its whole stored report (120 MB of JSON text at 100,000 users) is read only when
     some of its findings were resolved, since only those are listed in full."""
     if previous_run is None:
         return None
