@@ -14,6 +14,7 @@ import gc
 import os
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -293,13 +294,30 @@ def stored_report_gz(store: Store, run_id: int | None = None) -> bytes:
 
 
 def stored_report(store: Store, run_id: int | None = None) -> dict[str, Any]:
-    return report_from_gzip(stored_report_gz(store, run_id))
+    try:
+        return report_from_gzip(stored_report_gz(store, run_id))
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise _damaged(run_id, exc) from None
+
+
+def _stored_json(blob: bytes, run_id: int | None) -> Iterator[bytes]:
+    try:
+        yield from gunzipped_chunks(blob)
+    except (ValueError, zlib.error) as exc:
+        raise _damaged(run_id, exc) from None
+
+
+def _damaged(run_id: int | None, exc: Exception) -> StoreError:
+    which = f"run {run_id}" if run_id is not None else "the latest run"
+    return StoreError(f"the stored report of {which} is damaged ({exc})",
+                      hint="the database file was changed or corrupted outside cal-agent; restore it from a "
+                      "backup, or run `cal-agent reconcile` for a new report")
 
 
 def stored_report_text(store: Store, run_id: int | None, fmt: str) -> str | Iterable[bytes]:
     """A stored report in ``fmt``; JSON comes straight out of the stored text, unparsed."""
     if fmt == "json":
-        return gunzipped_chunks(stored_report_gz(store, run_id))
+        return _stored_json(stored_report_gz(store, run_id), run_id)
     return render(stored_report(store, run_id), fmt)
 
 

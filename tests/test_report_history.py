@@ -214,14 +214,29 @@ def test_reports_stored_before_migration_0007_survive_the_upgrade_and_a_downgrad
                     sa.column("compliant", sa.Boolean), sa.column("findings", sa.Integer),
                     sa.column("errors", sa.Integer), sa.column("warnings", sa.Integer),
                     sa.column("shortfall", sa.Integer), sa.column("report", sa.JSON))
+    run_findings = sa.table("run_findings", sa.column("run_id", sa.Integer), sa.column("key", sa.Text),
+                            sa.column("kind", sa.String), sa.column("severity", sa.String))
     engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as connection:
         connection.execute(runs.insert(), [{"id": r["run"]["id"], "created_at": datetime(2026, 11, 1), "compliant": False,
                                             "findings": 1, "errors": 1, "warnings": 0, "shortfall": 0, "report": r}
                                            for r in old])
+        connection.execute(run_findings.insert(), [{"run_id": i, "key": f"k{i}", "kind": "shortfall",
+                                                    "severity": "error"} for i in (1, 2)])
     engine.dispose()
+
+    def finding_keys() -> list[tuple[int, str]]:
+        engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.connect() as connection:
+            keys = connection.execute(sa.select(run_findings.c.run_id, run_findings.c.key)
+                                      .order_by(run_findings.c.run_id)).all()
+        engine.dispose()
+        return [tuple(k) for k in keys]
+
     store = Store(database_url)  # upgrades to the newest revision
     assert [stored_report(store, i) for i in (1, 2)] == old
+    # SQLite rebuilds `runs` to drop its column: the rows referring to it must not go with it
+    assert finding_keys() == [(1, "k1"), (2, "k2")]
     assert b"".join(stored_report_text(store, 2, "json")).decode() == dumps_pretty(old[1])
     store.close()
     command.downgrade(config, "0006")
@@ -229,6 +244,23 @@ def test_reports_stored_before_migration_0007_survive_the_upgrade_and_a_downgrad
     with engine.connect() as connection:
         assert [r.report for r in connection.execute(sa.select(runs.c.report).order_by(runs.c.id))] == old
     engine.dispose()
+    assert finding_keys() == [(1, "k1"), (2, "k2")]
+
+
+def test_a_damaged_stored_report_is_a_clear_error(site):
+    # The report is stored gzip'd; if the database was changed behind cal-agent's back, `report`
+    # says which run is damaged (exit 4) instead of a traceback, and writes no --output file.
+    from sqlalchemy import select
+
+    store = open_store(load_config(site.config))
+    with store.session() as session:
+        blob = session.scalars(select(Run.report_gz)).first()
+        session.execute(update(Run).values(report_gz=blob[: len(blob) // 2]))
+    out = str(site.folder / "out.json")
+    for args in (["--format", "json"], ["--format", "html"], ["--format", "json", "--output", out]):
+        failed = site.run("report", *args, expect=4)
+        assert "stored report of the latest run is damaged" in failed.stderr and "Traceback" not in failed.stderr
+    assert not (site.folder / "out.json").exists()
 
 
 def test_the_garbage_collector_is_back_on_after_a_cycle_and_after_a_failed_reconcile(tmp_path):

@@ -384,3 +384,30 @@ def test_times_written_by_the_bulk_insert_compare_equal_in_sql(store):
     with store.session() as session:
         assert session.scalar(select(func.count()).where(Principal.when_created == created)) == 1
         assert session.scalar(select(func.count()).where(Principal.when_created >= created)) == 1
+
+
+def test_a_guid_read_twice_in_one_read_keeps_both_changes(store):
+    # A reader should not return one object twice, but if it does, the second copy must not
+    # undo the first one's changes in the store (both are applied, in order).
+    sync(store, estate())
+    renamed = {"dn": "CN=alice2,OU=Moved,DC=corp,DC=example,DC=com", "name": "alice2"}
+    moved = DirectoryEntry(**{**{f: getattr(user("alice", rid=1101), f) for f in DirectoryEntry.__slots__}, **renamed})
+    disabled = DirectoryEntry(**{**{f: getattr(moved, f) for f in DirectoryEntry.__slots__},
+                                 "user_account_control": 514})
+    _incremental(store, [moved, disabled])
+    with store.session() as session:
+        alice = session.scalars(select(Principal).where(Principal.guid == moved.guid)).one()
+        assert (alice.name, alice.dn, alice.state) == ("alice2", moved.dn, "disabled")
+
+
+def test_a_directory_recovering_from_a_bad_read_is_not_held_by_the_departure_guard(store):
+    # A read that returned only 50 of 300 users was accepted (--accept-departures): 250 are
+    # missing.  The next complete read returns everyone, 12 of them now disabled: judged against
+    # the 300 it leaves active or departs (limit 30), not the 50 active before it (limit 10).
+    people = [user(f"p{i:03d}", rid=3000 + i) for i in range(300)]
+    run_sync(store, "corp", ListReader(people), inactive_after_days=90, now=NOW)
+    run_sync(store, "corp", ListReader(people[:50]), inactive_after_days=90, now=NOW, accept_departures=True)
+    assert list(_states(store).values()).count("missing") == 250
+    back = [user(f"p{i:03d}", rid=3000 + i, user_account_control=514 if i < 12 else 512) for i in range(300)]
+    outcome = run_sync(store, "corp", ListReader(back), inactive_after_days=90, now=NOW)
+    assert outcome.status == "ok" and list(_states(store).values()).count("disabled") == 12

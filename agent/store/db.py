@@ -43,13 +43,29 @@ class Store:
     def migrate(self) -> None:
         cfg = alembic_config()
         try:
-            with self.engine.begin() as conn:
+            with self.engine.connect() as conn:
                 current = MigrationContext.configure(conn).get_current_revision()
                 head = ScriptDirectory.from_config(cfg).get_current_head()
+                conn.rollback()
                 if current == head:
                     return
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                sqlite = conn.dialect.name == "sqlite"
+                if sqlite:
+                    # A batch migration rebuilds a table (create, copy, drop, rename); with foreign
+                    # keys enforced, dropping the old table would cascade-delete the rows that refer
+                    # to it (run_findings when runs is rebuilt).  The pragma only takes effect
+                    # outside a transaction.
+                    _pragma(conn, "foreign_keys=OFF")
+                try:
+                    with conn.begin():
+                        cfg.attributes["connection"] = conn
+                        command.upgrade(cfg, "head")
+                        if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                            raise StoreError(f"migrating {self.safe_url} left rows that refer to missing rows",
+                                             hint="restore the database from its backup and report this as a bug")
+                finally:
+                    if sqlite:
+                        _pragma(conn, "foreign_keys=ON")
                 log.info("store.migrated", from_revision=current, to_revision=head)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot prepare the database {self.safe_url}: {_reason(exc)}") from None
@@ -78,6 +94,11 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _pragma(conn, setting: str) -> None:
+    conn.exec_driver_sql(f"PRAGMA {setting}")
+    conn.commit()  # ends SQLAlchemy's transaction; pysqlite sent no BEGIN for a pragma
 
 
 def _json_text(value) -> str:

@@ -279,7 +279,11 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
     seen: set[str] = set()
     with store.session() as session:
         conn = session.connection()
-        active_before = _count_active(conn, directory)  # before anything is written
+        # The departure guard's base: after an incremental read, the active principals before
+        # anything is written; after a complete read, those stored that it leaves active or
+        # turns departed (so a directory recovering from a bad read is judged against everyone).
+        active_before = _count_active(conn, directory) if incremental else 0
+        inserted: set[str] = set()
         for start in range(0, len(entries), _BATCH):
             batch = entries[start:start + _BATCH]
             rows = _load_principals(conn, directory, guids=[e.guid for e in batch])
@@ -294,12 +298,13 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                     row = {"id": None, "directory": directory, "guid": entry.guid, **_entry_values(entry),
                            "state": state.value, "state_since": since or judge_at, "first_seen": now, "last_seen": now}
                     inserts.append(row)
+                    inserted.add(entry.guid)
                     rows[entry.guid] = row
                     events.append((entry.guid, "joined" if not entry.deleted else "deleted", None, state.value))
                     continue
                 changed = _compare(row, entry, state.value, since or judge_at, now, events)
                 if changed:
-                    updates[entry.guid] = changed
+                    updates.setdefault(entry.guid, {}).update(changed)  # a GUID read twice keeps both
                     row.update(changed)
             stored_ids = [row["id"] for row in rows.values() if row["id"] is not None]
             _write_principals(conn, rows, inserts, updates)
@@ -331,13 +336,17 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 events.append((guid, "state", state, PrincipalState.MISSING.value))
                 later[guid] = {"state": PrincipalState.MISSING.value, "state_since": now}
                 principals[guid] = {"id": pid, "kind": kind, "state": PrincipalState.MISSING.value, "dn_key": None}
-        departures = [new for guid, kind, old, new in events
+        departures = {guid: new for guid, kind, old, new in events
                       if kind == "state" and old == PrincipalState.ACTIVE.value and new in _DEPARTED
-                      and principals[guid]["kind"] != EntryKind.GROUP.value]
+                      and principals[guid]["kind"] != EntryKind.GROUP.value}
+        if not incremental:
+            active_before = sum(1 for guid, p in principals.items()
+                                if guid not in inserted and p["kind"] != EntryKind.GROUP.value
+                                and (p["state"] == PrincipalState.ACTIVE.value or guid in departures))
         limit = departure_limit(active_before, max_departures)
         if departures and len(departures) > limit and not accept_departures:
             by_state: dict[str, int] = {}
-            for new in departures:
+            for new in departures.values():
                 by_state[new] = by_state.get(new, 0) + 1
             detail = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items()))
             # Raising inside the session rolls everything back: the store keeps the previous state.
@@ -516,8 +525,9 @@ def _time_candidates(conn, directory: str, judge_at: datetime, inactive_after_da
     - inactive ones whose expiry has passed (expired comes first), or with a recent activity date
       (a longer window makes them active again).
 
-    Expired and disabled ones stay so with time.  Only these rows are loaded: a sync after a few
-    changes would otherwise load every inactive and expired principal each time."""
+    Expired and disabled ones stay so with time (a clock set back, which could make an expired one
+    active again, is caught by the next complete read).  Only these rows are loaded: a sync after
+    a few changes would otherwise load every inactive and expired principal each time."""
     c = _PRINCIPALS.c
     cutoff = judge_at - timedelta(days=inactive_after_days)
     dates = (c.last_logon, c.pwd_last_set, c.when_created)
