@@ -390,6 +390,36 @@ def test_drift_lists_new_and_resolved_findings(report):
     assert drift.find_all("script") == []
 
 
+def test_a_big_estate_lists_the_first_rows_of_each_table_with_exact_counts():
+    # At 100,000 users every table would hold tens of thousands of rows (82 MB of HTML, too big
+    # for a browser): each lists its first HTML_ROWS, the counts stay exact, and the page says
+    # where the full lists are.
+    from agent.reports.html import HTML_ROWS
+
+    many = HTML_ROWS + 7
+    unlicensed = [finding("unlicensed_user", "error", who=principal(f"u{i:05d}")) for i in range(many)]
+    stale = [finding("stale_assignment", "warning", who=principal(f"gone{i:05d}", state="disabled"),
+                     purchase="PO-1", reason="disabled") for i in range(many)]
+    report = make_report(findings=unlicensed + stale, new=unlicensed)
+    report["licences"] = [{"principal": principal(f"u{i:05d}"), "holds": [],
+                           "needs": [{"product": "windows-server", "version": "2022", "cal_type": "user",
+                                      "licensed": i % 2 == 0}]} for i in range(many)]
+    doc = parse(render_html(report))
+    group = doc.find("section", cls="group", **{"data-kind": "unlicensed_user"})
+    assert len(group.find_all("tr", cls="finding")) == HTML_ROWS
+    assert f"({many:,} errors)" in squash(group.text())
+    notes = [squash(n.text()) for n in doc.find_all("p", cls="more")]
+    expected = f"The first {HTML_ROWS:,} of {many:,} are listed here"
+    assert len(notes) == 5 and all(n.startswith(expected) for n in notes)  # 2 groups, drift, leavers, licences
+    assert len(doc.by_id("drift").find_all("tr", cls="drift-finding")) == HTML_ROWS
+    assert f"{many:,} new findings" in squash(doc.by_id("drift").text())
+    assert len(doc.by_id("leavers").find_all("tr", cls="leaver")) == HTML_ROWS
+    assert f"{many:,} departed accounts" in squash(doc.by_id("leavers").text())
+    licences = doc.by_id("licences")
+    assert len(licences.find_all("tr", cls="licence")) == HTML_ROWS
+    assert f"{many:,} principals hold or need a CAL; {many // 2:,} lack one" in squash(licences.text())
+
+
 def test_directory_sync_status_failed_is_prominent(report):
     report["directories"].append({
         "name": "branch", "type": "active_directory",
