@@ -14,7 +14,6 @@ import gc
 import os
 import sys
 import tempfile
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -33,7 +32,8 @@ from agent.directory import make_reader
 from agent.errors import CalAgentError, InventoryError, NoDataError, StoreError
 from agent.inventory.ledger import Ledger
 from agent.inventory.register import Inventory, load_inventory
-from agent.reports.json_report import build_report, dumps_pretty, gunzipped_chunks, gzip_report, iso, report_from_gzip
+from agent.reports.json_report import (DamagedReport, build_report, dumps_pretty, gunzipped_chunks, gzip_report,
+                                       iso, report_from_gzip)
 from agent.store.db import Store
 from agent.store.models import Membership, Principal, PrincipalEvent, Run, RunFinding, SyncRun
 from agent.store.sync import SyncOutcome, rds_licenses_from_json, run_sync
@@ -238,7 +238,12 @@ def _previous_for_drift(session, previous_run: Run | None, current_keys: set[str
         return None
     keys = set(session.scalars(select(RunFinding.key).where(RunFinding.run_id == previous_run.id)))
     if keys - current_keys or not keys and previous_run.findings:
-        return report_from_gzip(previous_run.report_gz)
+        try:
+            return report_from_gzip(previous_run.report_gz)
+        except DamagedReport as exc:
+            # Drift still comes out (from the keys); the resolved findings are listed by key only.
+            log.warning("report.previous_damaged", run=previous_run.id, error=str(exc),
+                        why="its stored report cannot be read; resolved findings are listed without details")
     return {"run": {"id": previous_run.id}, "findings": [{"key": key} for key in keys]}
 
 
@@ -296,14 +301,14 @@ def stored_report_gz(store: Store, run_id: int | None = None) -> bytes:
 def stored_report(store: Store, run_id: int | None = None) -> dict[str, Any]:
     try:
         return report_from_gzip(stored_report_gz(store, run_id))
-    except (OSError, EOFError, ValueError, zlib.error) as exc:
+    except DamagedReport as exc:
         raise _damaged(run_id, exc) from None
 
 
 def _stored_json(blob: bytes, run_id: int | None) -> Iterator[bytes]:
     try:
         yield from gunzipped_chunks(blob)
-    except (ValueError, zlib.error) as exc:
+    except DamagedReport as exc:
         raise _damaged(run_id, exc) from None
 
 
@@ -311,7 +316,7 @@ def _damaged(run_id: int | None, exc: Exception) -> StoreError:
     which = f"run {run_id}" if run_id is not None else "the latest run"
     return StoreError(f"the stored report of {which} is damaged ({exc})",
                       hint="the database file was changed or corrupted outside cal-agent; restore it from a "
-                      "backup, or run `cal-agent reconcile` for a new report")
+                      "backup, or run `cal-agent reconcile` (or wait for the next cycle) for a new report")
 
 
 def stored_report_text(store: Store, run_id: int | None, fmt: str) -> str | Iterable[bytes]:

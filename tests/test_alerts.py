@@ -143,6 +143,26 @@ def test_a_second_run_with_no_change_sends_nothing(site, smtp_server):
     assert "alerts: nothing to send" in proc.stdout and len(smtp_server.received) == 1
 
 
+def test_a_damaged_stored_report_of_the_last_alerted_run_does_not_stop_alerts(tmp_path, database_url,
+                                                                              smtp_server):
+    # The last alerted run is the baseline; if its stored report cannot be read (the database was
+    # changed behind cal-agent's back), the new run's own drift decides, as for a pruned run.
+    from agent.store.models import Run
+
+    site = AlertSite(tmp_path, database_url, smtp_alerts(smtp_server, triggers={"stale_after_days": 0}))
+    site.run("run", "--once")
+    store = engine.open_store(load_config(site.config))
+    with store.session() as session:
+        session.execute(update(Run).where(Run.id == 1).values(report_gz=b"\x1f\x8b damaged"))
+    store.close()
+    site.add_leaver("max", "PO-2")
+    proc = site.run("run", "--once", expect=None)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    assert "alerts: 1 email queued, sent" in proc.stdout
+    second = smtp_server.messages()[1]
+    assert "Stale assignment: max" in parts(second)[0]
+
+
 def test_a_new_leaver_holding_a_seat_sends_one_mail_naming_only_it(tmp_path, database_url, smtp_server):
     site = AlertSite(tmp_path, database_url, smtp_alerts(smtp_server, triggers={"stale_after_days": 0}))
     site.run("run", "--once")

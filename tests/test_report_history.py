@@ -261,6 +261,14 @@ def test_a_damaged_stored_report_is_a_clear_error(site):
         failed = site.run("report", *args, expect=4)
         assert "stored report of the latest run is damaged" in failed.stderr and "Traceback" not in failed.stderr
     assert not (site.folder / "out.json").exists()
+    # The next cycle must still work, although drift would read that report for its resolved
+    # findings: they are listed by key, and a new, readable run is recorded.
+    rewrite_ldif(site, staff=["ann", "bob", "cat", "dan", "fay", "gus"], disabled=["lee"])  # resolves some
+    cycle = site.run("run", "--once", expect=None)
+    assert cycle.returncode in (0, 1) and "Traceback" not in cycle.stderr, cycle.stderr
+    second = json.loads(site.run("report").stdout)
+    assert second["run"]["id"] == 2 and second["drift"]["resolved"]
+    assert all(set(f) == {"key"} for f in second["drift"]["resolved"])
 
 
 def test_the_garbage_collector_is_back_on_after_a_cycle_and_after_a_failed_reconcile(tmp_path):

@@ -411,6 +411,9 @@ def test_a_big_estate_lists_the_first_rows_of_each_table_with_exact_counts():
     notes = [squash(n.text()) for n in doc.find_all("p", cls="more")]
     expected = f"The first {HTML_ROWS:,} of {many:,} are listed here"
     assert len(notes) == 5 and all(n.startswith(expected) for n in notes)  # 2 groups, drift, leavers, licences
+    # each says where its full list is: findings are in the CSV and xlsx too, licences only in the JSON
+    assert "report --format csv" in squash(group.text())
+    assert squash(doc.by_id("licences").find("p", cls="more").text()).endswith("the JSON report has them all.")
     assert len(doc.by_id("drift").find_all("tr", cls="drift-finding")) == HTML_ROWS
     assert f"{many:,} new findings" in squash(doc.by_id("drift").text())
     assert len(doc.by_id("leavers").find_all("tr", cls="leaver")) == HTML_ROWS

@@ -26,7 +26,7 @@ from agent.alerts import outbox
 from agent.alerts.triggers import Alert, digest_due, evaluate, unknown_min_free_products
 from agent.config import Config, resolve_password, resolve_webhook_url
 from agent.errors import AlertError, CalAgentError, ConfigError
-from agent.reports.json_report import report_from_gzip
+from agent.reports.json_report import DamagedReport, report_from_gzip
 from agent.store.db import Store
 from agent.store.models import AlertState, OutboxMessage, Run
 
@@ -75,7 +75,14 @@ def _report_of(session, run_id: int | None) -> dict[str, Any] | None:
     if run_id is None:
         return None
     run = session.get(Run, run_id)
-    return report_from_gzip(run.report_gz) if run is not None else None
+    if run is None:
+        return None
+    try:
+        return report_from_gzip(run.report_gz)
+    except DamagedReport as exc:
+        # As if the run were pruned: the new run's own drift decides (docs/alerts.md).
+        log.warning("alerts.baseline_damaged", run=run_id, error=str(exc))
+        return None
 
 
 def retry(config: Config, store: Store, *, now: datetime | None = None) -> outbox.Delivery:

@@ -62,25 +62,38 @@ def pretty_chunks(value: Any, depth: int = 0, batch: int = 1000) -> Iterator[byt
         yield b"\n"
 
 
+class DamagedReport(ValueError):
+    """A stored report that does not gunzip to a JSON object (the database changed behind our back)."""
+
+
 def report_from_gzip(blob: bytes) -> dict[str, Any]:
-    return orjson.loads(gzip.decompress(blob))
+    try:
+        report = orjson.loads(gzip.decompress(blob))
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise DamagedReport(str(exc) or type(exc).__name__) from None
+    if not isinstance(report, dict):
+        raise DamagedReport("not a JSON object")
+    return report
 
 
 def gunzipped_chunks(blob: bytes, size: int = 1 << 20) -> Iterator[bytes]:
     """The report text of a stored report, a chunk at a time (never the whole text in memory)."""
     inflate = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer
-    for start in range(0, len(blob), size):
-        data = blob[start:start + size]
-        while data:
-            chunk = inflate.decompress(data, size)  # at most `size` bytes out at a time
-            if chunk:
-                yield chunk
-            data = inflate.unconsumed_tail
-    rest = inflate.flush()
+    try:
+        for start in range(0, len(blob), size):
+            data = blob[start:start + size]
+            while data:
+                chunk = inflate.decompress(data, size)  # at most `size` bytes out at a time
+                if chunk:
+                    yield chunk
+                data = inflate.unconsumed_tail
+        rest = inflate.flush()
+    except zlib.error as exc:
+        raise DamagedReport(str(exc)) from None
     if rest:
         yield rest
     if not inflate.eof:
-        raise ValueError("truncated stored report")
+        raise DamagedReport("truncated stored report")
 
 
 def iso(moment: datetime | None) -> str | None:
