@@ -288,3 +288,45 @@ def test_the_garbage_collector_is_back_on_after_a_cycle_and_after_a_failed_recon
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_migration_failing_half_way_leaves_the_store_as_it_was_and_can_run_again(tmp_path, database_url,
+                                                                                  monkeypatch):
+    # Migration 0007 adds a column, converts every run's report, then drops the old column.  If
+    # it fails in between (a full disk), nothing of it may stay: the next start must migrate.
+    import sqlalchemy as sa
+    from alembic import command
+
+    import agent.reports.json_report as json_report
+    from agent.engine import stored_report
+    from agent.errors import StoreError
+    from agent.store.db import Store, alembic_config
+
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", database_url)
+    command.upgrade(config, "0006")
+    runs = sa.table("runs", sa.column("id", sa.Integer), sa.column("created_at", sa.DateTime),
+                    sa.column("compliant", sa.Boolean), sa.column("findings", sa.Integer),
+                    sa.column("errors", sa.Integer), sa.column("warnings", sa.Integer),
+                    sa.column("shortfall", sa.Integer), sa.column("report", sa.JSON))
+    url = database_url.replace("postgresql://", "postgresql+psycopg://")
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(runs.insert(), [{"id": 1, "created_at": datetime(2026, 11, 1), "compliant": True,
+                                            "findings": 0, "errors": 0, "warnings": 0, "shortfall": 0,
+                                            "report": {"run": {"id": 1}, "findings": []}}])
+
+    def disk_full(report):
+        raise sa.exc.OperationalError("UPDATE runs", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(json_report, "gzip_report", disk_full)
+    with pytest.raises(StoreError, match="disk is full"):
+        Store(database_url)
+    with engine.connect() as connection:
+        assert [c["name"] for c in sa.inspect(connection).get_columns("runs")][-1] == "report"
+        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+    engine.dispose()
+    monkeypatch.undo()
+    store = Store(database_url)  # the next start migrates
+    assert stored_report(store, 1) == {"run": {"id": 1}, "findings": []}
+    store.close()

@@ -56,8 +56,16 @@ class Store:
                     # to it (run_findings when runs is rebuilt).  The pragma only takes effect
                     # outside a transaction.
                     _pragma(conn, "foreign_keys=OFF")
+                    # The driver opens transactions only before data changes, so DDL would commit
+                    # one statement at a time and a migration failing half way (a full disk while
+                    # 0007 converts the reports) would leave a schema no start could migrate.  With
+                    # its implicit transactions off, the BEGIN below covers the whole migration.
+                    driver = conn.connection.dbapi_connection
+                    driver.isolation_level = None
                 try:
                     with conn.begin():
+                        if sqlite:
+                            conn.exec_driver_sql("BEGIN")
                         cfg.attributes["connection"] = conn
                         command.upgrade(cfg, "head")
                         if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
@@ -65,6 +73,7 @@ class Store:
                                              hint="restore the database from its backup and report this as a bug")
                 finally:
                     if sqlite:
+                        driver.isolation_level = ""  # the driver's default again, for the pool
                         _pragma(conn, "foreign_keys=ON")
                 log.info("store.migrated", from_revision=current, to_revision=head)
         except SQLAlchemyError as exc:
