@@ -273,7 +273,7 @@ def demo(output):
     if failures:
         _report_failures(failures)
     result = engine.reconcile_and_record(config, store)
-    written = engine.write_report_files(config, result.report, result.report_gz)
+    written = engine.write_report_files(config, result)
     click.echo("cal-agent demo: Northwind Traders (fictional), directory export of 2026-11-01\n")
     _print_summary(result.report)
     click.echo(f"\nHTML report: {written['html'].resolve()}")

@@ -133,17 +133,20 @@ class SecretSource(Strict):
     password_credential: str | None = None  # a systemd credential name, read from $CREDENTIALS_DIRECTORY
 
 
+def _exactly_one(model: BaseModel, fields: tuple[str, ...], note: str = "") -> None:
+    """A secret must come from exactly one source: the error names them and those given."""
+    given = [name for name in fields if getattr(model, name)]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(fields)}{note}"
+                         + (f" (got {', '.join(given)})" if given else ""))
+
+
 class RequiredSecret(SecretSource):
     """A password that must come from exactly one source (directory binds)."""
 
     @model_validator(mode="after")
     def _one_secret(self) -> "RequiredSecret":
-        sources = [s for s in ("password_env", "password_file", "password_credential") if getattr(self, s)]
-        if len(sources) != 1:
-            raise ValueError(
-                "give exactly one of password_env, password_file, password_credential"
-                + (f" (got {', '.join(sources)})" if sources else "")
-            )
+        _exactly_one(self, ("password_env", "password_file", "password_credential"))
         return self
 
 
@@ -207,7 +210,6 @@ class ActiveDirectoryConfig(RequiredSecret):
         if len(schemes) > 1:
             raise ValueError("all urls must use the same scheme (all ldaps://, or all ldap:// with StartTLS)")
         return value
-
 
 
 class LdifConfig(Strict):
@@ -284,7 +286,6 @@ class LdapConfig(RequiredSecret):
                                  f"ldapi://%2Frun%2Fslapd%2Fldapi, got {value!r}")
             return value
         return ActiveDirectoryConfig._ldap_url.__func__(cls, value)
-
 
 
 DirectoryConfig = Annotated[Union[ActiveDirectoryConfig, LdapConfig, LdifConfig], Field(discriminator="type")]
@@ -489,11 +490,8 @@ class WebhookAlertConfig(Strict):
 
     @model_validator(mode="after")
     def _one_secret(self) -> "WebhookAlertConfig":
-        sources = [s for s in ("url_env", "url_file", "url_credential") if getattr(self, s)]
-        if len(sources) != 1:
-            raise ValueError(
-                "give exactly one of url_env, url_file, url_credential (the URL is a secret: never in this file)"
-                + (f" (got {', '.join(sources)})" if sources else ""))
+        _exactly_one(self, ("url_env", "url_file", "url_credential"),
+                     " (the URL is a secret: never in this file)")
         return self
 
 

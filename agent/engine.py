@@ -32,8 +32,8 @@ from agent.directory import make_reader
 from agent.errors import CalAgentError, InventoryError, NoDataError, StoreError
 from agent.inventory.ledger import Ledger
 from agent.inventory.register import Inventory, load_inventory
-from agent.reports.json_report import (DamagedReport, build_report, dumps_pretty, gunzipped_chunks, gzip_report,
-                                       iso, report_from_gzip)
+from agent.reports.json_report import (DamagedReport, build_report, gunzipped_chunks, gzip_report, iso,
+                                       report_from_gzip)
 from agent.store.db import Store
 from agent.store.models import Membership, Principal, PrincipalEvent, Run, RunFinding, SyncRun
 from agent.store.sync import SyncOutcome, rds_licenses_from_json, run_sync
@@ -327,8 +327,6 @@ def stored_report_text(store: Store, run_id: int | None, fmt: str) -> str | Iter
 
 
 def render(report: dict[str, Any], fmt: str) -> str:
-    if fmt == "json":
-        return dumps_pretty(report)
     if fmt == "html":
         from agent.reports.html import render_html
 
@@ -370,17 +368,17 @@ def write_private(path: Path, content: str | bytes | Iterable[bytes]) -> None:
         raise
 
 
-def write_report_files(config: Config, report: dict[str, Any], report_gz: bytes | None = None) -> dict[str, Path]:
-    """run-<id>.{json,html} plus latest.{json,html} in reports.directory.  Given the stored form
-    (``report_gz``), the JSON files are copied out of it instead of rendered again."""
+def write_report_files(config: Config, run: RunResult) -> dict[str, Path]:
+    """run-<id>.{json,html} plus latest.{json,html} in reports.directory; the JSON files are copied
+    out of the stored report, not rendered again."""
     directory = config.reports.directory
     written: dict[str, Path] = {}
     try:
         for fmt in ("json", "html"):
-            text = render(report, fmt) if fmt == "html" or report_gz is None else None
-            path = directory / f"run-{report['run']['id']:06d}.{fmt}"
+            text = render(run.report, fmt) if fmt == "html" else None
+            path = directory / f"run-{run.run_id:06d}.{fmt}"
             for target in (path, directory / f"latest.{fmt}"):
-                write_private(target, text if text is not None else gunzipped_chunks(report_gz))
+                write_private(target, text if text is not None else gunzipped_chunks(run.report_gz))
             written[fmt] = path
     except OSError as exc:
         raise StoreError(f"cannot write reports to {directory}: {exc.strerror or exc}",
@@ -388,7 +386,6 @@ def write_report_files(config: Config, report: dict[str, Any], report_gz: bytes 
     return written
 
 
-@_bulk_step()
 def current_reconciliation(config: Config, store: Store, *, today: date | None = None):
     """Reconcile the store's current state without recording a run (for `plan`)."""
     inventory, _info = load_register(config, store)

@@ -61,7 +61,7 @@ def run_cycle(config: Config, store: Store, *, should_stop: Callable[[], bool] =
         else:
             run = engine.reconcile_and_record(config, store)
             result.report = run.report
-            result.written = engine.write_report_files(config, run.report, run.report_gz)
+            result.written = engine.write_report_files(config, run)
             engine.prune_runs(config, store)
             result.alerts = alerts.after_run(config, store, run.report, report_file=result.written.get("html"),
                                              retried=retried)
