@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import defer
 
-from agent.compliance.model import DirectoryView, Principal as RulePrincipal, Reconciliation, RdsPerUserCal
+from agent.compliance.model import DirectoryView, Principal as RulePrincipal, PrincipalKey, Reconciliation, RdsPerUserCal
 from agent.compliance.reconcile import reconcile
 from agent.config import ActiveDirectoryConfig, Config, LdapConfig, LdifConfig, duration_seconds
 from agent.directory import make_reader
@@ -126,19 +126,23 @@ def load_view(store: Store, directories: list[str]) -> DirectoryView:
                                       Principal.name, Principal.dn, Principal.state, Principal.display_name,
                                       Principal.state_since, Principal.rds_licenses, Principal.dn_key)
                                .where(Principal.directory.in_(directories))).all()
-        keys = {row.id: (row.directory, row.guid) for row in rows}
         members = session.execute(select(Membership.group_id, Membership.member_id)).all()
-    # directory, kind and state repeat on every row: one string each instead of 125,000 copies
-    principals = tuple(
-        RulePrincipal(directory=sys.intern(r.directory), guid=r.guid, kind=sys.intern(r.kind), name=r.name, dn=r.dn,
-                      state=sys.intern(r.state), display_name=r.display_name, state_since=r.state_since,
-                      dn_key=r.dn_key or "",
-                      rds_cals=tuple(RdsPerUserCal(c.version, c.expires, c.license_server)
-                                     for c in rds_licenses_from_json(r.rds_licenses)))
-        for r in rows
-    )
+    # Rows are unpacked by position: reading 11 columns by name was a third of loading 125,000.
+    # Directory, kind and state repeat on every row: one string each instead of 125,000 copies.
+    principals = []
+    keys: dict[int, PrincipalKey] = {}
+    intern = sys.intern
+    for pid, directory, guid, kind, name, dn, state, display_name, state_since, rds, key in rows:
+        principal = RulePrincipal(
+            directory=intern(directory), guid=guid, kind=intern(kind), name=name, dn=dn, state=intern(state),
+            display_name=display_name, state_since=state_since, dn_key=key or "",
+            rds_cals=tuple(RdsPerUserCal(c.version, c.expires, c.license_server)
+                           for c in rds_licenses_from_json(rds)) if rds and rds != "[]" else ())
+        principals.append(principal)
+        keys[pid] = principal.key
+    del rows
     memberships = tuple((keys[g], keys[m]) for g, m in members if g in keys and m in keys)
-    return DirectoryView(principals=principals, memberships=memberships, directories=tuple(directories))
+    return DirectoryView(principals=tuple(principals), memberships=memberships, directories=tuple(directories))
 
 
 def directory_status(config: Config, store: Store) -> list[dict[str, Any]]:

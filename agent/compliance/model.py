@@ -75,14 +75,13 @@ class Principal:
     state_since: datetime | None = None
     rds_cals: tuple[RdsPerUserCal, ...] = ()
     dn_key: str = field(default="", compare=False, repr=False)  # decode.dn_key(dn); the store keeps it
+    # (directory, guid), made once: the rules look principals up by it several times each.
+    key: PrincipalKey = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.directory, self.guid))
         if not self.dn_key:
             object.__setattr__(self, "dn_key", dn_key(self.dn))
-
-    @property
-    def key(self) -> PrincipalKey:
-        return (self.directory, self.guid)
 
 
 @dataclass(frozen=True)
@@ -106,8 +105,7 @@ class PrincipalRef:
 
     @classmethod
     def of(cls, p: Principal) -> "PrincipalRef":
-        return cls(kind=p.kind, name=p.name, directory=p.directory, dn=p.dn, display_name=p.display_name,
-                   state=p.state, guid=p.guid)
+        return cls(p.kind, p.name, p.directory, p.dn, p.display_name, p.state, p.guid)  # field order
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,19 +120,20 @@ class Finding:
     reason: str | None = None
     since: datetime | None = None
     details: tuple[tuple[str, Any], ...] = field(default=())
+    # Identity across runs, for drift: what the finding is about, not its wording or counts.  Made
+    # once: sorting, drift, the stored finding keys and the report each need it.
+    key: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        who = ""
+        if self.principal is not None:
+            who = f"{self.principal.directory or ''}/{self.principal.guid or self.principal.name.lower()}"
+        object.__setattr__(self, "key", "|".join([self.kind, who, self.product or "", self.version or "",
+                                                  self.cal_type or "", self.purchase or "", self.reason or ""]))
 
     @property
     def severity(self) -> str:
         return SEVERITY.get(self.kind, WARNING)
-
-    @property
-    def key(self) -> str:
-        """Identity across runs, for drift: what the finding is about, not its wording or counts."""
-        who = ""
-        if self.principal is not None:
-            who = f"{self.principal.directory or ''}/{self.principal.guid or self.principal.name.lower()}"
-        return "|".join([self.kind, who, self.product or "", self.version or "", self.cal_type or "",
-                         self.purchase or "", self.reason or ""])
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,13 +143,13 @@ def _unknown_group(requirement: Requirement, group: str, key: str) -> Finding:
     )
 
 
-def _exempt(principal: Principal, product: str, exempt: ExemptConfig | None) -> bool:
-    """R19: up to two administrators per server product, and service accounts, need no CAL."""
+def _exempt_names(product: str, exempt: ExemptConfig | None) -> frozenset[str]:
+    """R19: up to two administrators per server product, and service accounts, need no CAL
+    (lower-cased names; computers without "$")."""
     if exempt is None:
-        return False
-    name = principal.name.lower()
-    return (name in {a.lower() for a in exempt.service_accounts}
-            or name in {a.lower().removesuffix("$") for a in exempt.admins.get(product, ())})
+        return frozenset()
+    return frozenset({a.lower() for a in exempt.service_accounts}
+                     | {a.lower().removesuffix("$") for a in exempt.admins.get(product, ())})
 
 
 def wanted(requirements: Sequence[Requirement], index: _Index, problems: list[Finding],
@@ -158,8 +158,9 @@ def wanted(requirements: Sequence[Requirement], index: _Index, problems: list[Fi
     needs: dict[tuple[PrincipalKey, str, str], Need] = {}
     for requirement in requirements:
         version = normalise_version(requirement.version)
+        exempt_names = _exempt_names(requirement.product, exempt)
         for principal in select_principals(requirement, index, problems):
-            if _exempt(principal, requirement.product, exempt):
+            if exempt_names and principal.name.lower() in exempt_names:
                 continue
             slot = (principal.key, requirement.product, requirement.cal_type)
             current = needs.get(slot)
@@ -239,15 +240,18 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
 
     licensed: dict[tuple[str, str, str], int] = defaultdict(int)
     rows: dict[tuple[str, str, str], int] = defaultdict(int)
-    covered: set[tuple] = set()
+    wants: dict[PrincipalKey, list[tuple[str, str, str, bool]]] = defaultdict(list)  # per principal, for licences
+    needs_wording: dict[tuple, tuple[str, tuple]] = {}
     for need in needs:
         principal = index.by_key[need.principal]
-        rows[(need.product, need.version, need.cal_type)] += 1
-        purchases = held.get(need.principal, [])
+        line = (need.product, need.version, need.cal_type)
+        rows[line] += 1
+        purchases = held.get(need.principal, ())
         if any(covers(p, need) for p in purchases):
-            licensed[(need.product, need.version, need.cal_type)] += 1
-            covered.add((need.principal, need.product, need.version, need.cal_type))
+            licensed[line] += 1
+            wants[need.principal].append((*line, True))
             continue
+        wants[need.principal].append((*line, False))
         too_old = [p for p in purchases if p.cal_type == need.cal_type and p.valid_on(today)
                    and inventory.catalog.grants(p.product, need.product)
                    and not version_covers(p.version, need.version)]
@@ -261,16 +265,17 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
             ))
         older = sorted({p.version for p in too_old})
         detail = f"; holds only {', '.join(older)}" if older else " and holds none"
-        kind = m.UNLICENSED_USER if need.cal_type == "user" else m.UNLICENSED_DEVICE
+        # The same few (line, requirements) for most principals: their wording is made once.
+        wording = needs_wording.get((line, need.requirements))
+        if wording is None:
+            wording = needs_wording[(line, need.requirements)] = (
+                f" needs {_a(_cal_label(inventory, *line))} (requirement {', '.join(need.requirements)})",
+                (("requirements", need.requirements),))
         findings.append(Finding(
-            kind=kind, product=need.product, version=need.version, cal_type=need.cal_type,
-            principal=index.ref(principal),
-            message=f"{principal.name} needs {_a(_cal_label(inventory, need.product, need.version, need.cal_type))} "
-            f"(requirement {', '.join(need.requirements)}){detail}",
-            details=(("requirements", need.requirements),),
-        ))
+            m.UNLICENSED_USER if need.cal_type == "user" else m.UNLICENSED_DEVICE, principal.name + wording[0] + detail,
+            need.product, need.version, need.cal_type, index.ref(principal), details=wording[1]))
 
-    licences = _licence_view(needs, held, covered, index)
+    licences = _licence_view(wants, held, index)
     seats = {pid: len(holders) for pid, holders in seats_used.items()}
     products = _product_lines(rows, licensed, seats, inventory, today)
     for line in products:
@@ -302,20 +307,20 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
                           licences=licences)
 
 
-def _licence_view(needs: list[Need], held: dict[PrincipalKey, list[Purchase]], covered: set[tuple],
-                  index: _Index) -> tuple[m.PrincipalLicences, ...]:
+def _licence_view(wants: dict[PrincipalKey, list[tuple[str, str, str, bool]]],
+                  held: dict[PrincipalKey, list[Purchase]], index: _Index) -> tuple[m.PrincipalLicences, ...]:
     """Per principal that holds a seat or needs one: what it holds and what it needs."""
-    needed: dict[PrincipalKey, list[Need]] = defaultdict(list)
-    for need in needs:
-        needed[need.principal].append(need)
+    holdings: dict[tuple[str, ...], tuple] = {}  # purchase ids held -> the sorted holds (a few distinct ones)
     out = []
-    for key in set(held) | set(needed):
-        principal = index.by_key[key]
-        holds = index.shared(tuple(sorted({(p.id, p.product, p.version, p.cal_type) for p in held.get(key, ())})))
-        wants = index.shared(tuple(sorted((n.product, n.version, n.cal_type,
-                                           (key, n.product, n.version, n.cal_type) in covered)
-                                          for n in needed.get(key, ()))))
-        out.append(m.PrincipalLicences(index.ref(principal), holds, wants))
+    for key in held.keys() | wants.keys():
+        purchases = held.get(key, ())
+        ids = tuple(p.id for p in purchases)
+        holds = holdings.get(ids)
+        if holds is None:
+            holds = holdings[ids] = tuple(sorted({(p.id, p.product, p.version, p.cal_type) for p in purchases}))
+        needed = wants.get(key, ())
+        needs = index.shared(tuple(needed) if len(needed) < 2 else tuple(sorted(needed)))
+        out.append(m.PrincipalLicences(index.ref(index.by_key[key]), holds, needs))
     return tuple(sorted(out, key=lambda l: (l.principal.kind, l.principal.name.lower(), l.principal.directory or "")))
 
 
@@ -332,11 +337,15 @@ def _missing_base_cals(needs: list[Need], held: dict[PrincipalKey, list[Purchase
     needed = {(n.principal, n.product, n.cal_type) for n in needs}
     out: dict[tuple, Finding] = {}
 
+    prerequisites: dict[str, tuple[str, ...]] = {}  # per product, made once
+
     def check(key: PrincipalKey, product: str, cal_type: str, via: str | None) -> None:
-        spec = catalog.get(product)
-        if spec is None:
-            return
-        for prerequisite in dict.fromkeys(p for p in (spec.base, spec.layered_on) if p and p != product):
+        wanted_first = prerequisites.get(product)
+        if wanted_first is None:
+            spec = catalog.get(product)
+            wanted_first = prerequisites[product] = () if spec is None else tuple(dict.fromkeys(
+                p for p in (spec.base, spec.layered_on) if p and p != product))
+        for prerequisite in wanted_first:
             if (key, prerequisite, cal_type) in needed:
                 continue  # required in its own right: its unlicensed_* finding speaks for it
             if _holds(held.get(key, ()), prerequisite, cal_type, inventory, today):
@@ -352,7 +361,7 @@ def _missing_base_cals(needs: list[Need], held: dict[PrincipalKey, list[Purchase
             ))
 
     for need in needs:
-        if index.by_key[need.principal].state == PrincipalState.ACTIVE.value:
+        if index.by_key[need.principal].state == PrincipalState.ACTIVE.value and prerequisites.get(need.product) != ():
             check(need.principal, need.product, need.cal_type, None)
     for key, purchases in held.items():
         if index.by_key[key].state != PrincipalState.ACTIVE.value:
