@@ -121,27 +121,28 @@ def sync_directories(config: Config, store: Store, only: str | None = None, *, a
 
 
 def load_view(store: Store, directories: list[str]) -> DirectoryView:
+    # Rows are fetched 5,000 at a time (not all 125,000 as rows first, which peaked ~40 MB higher)
+    # and unpacked by position (reading 11 columns by name was a third of the time).  Directory,
+    # kind and state repeat on every row: one string each instead of 125,000 copies.
+    principals = []
+    keys: dict[int, PrincipalKey] = {}
+    intern = sys.intern
     with store.session() as session:
         rows = session.execute(select(Principal.id, Principal.directory, Principal.guid, Principal.kind,
                                       Principal.name, Principal.dn, Principal.state, Principal.display_name,
                                       Principal.state_since, Principal.rds_licenses, Principal.dn_key)
-                               .where(Principal.directory.in_(directories))).all()
-        members = session.execute(select(Membership.group_id, Membership.member_id)).all()
-    # Rows are unpacked by position: reading 11 columns by name was a third of loading 125,000.
-    # Directory, kind and state repeat on every row: one string each instead of 125,000 copies.
-    principals = []
-    keys: dict[int, PrincipalKey] = {}
-    intern = sys.intern
-    for pid, directory, guid, kind, name, dn, state, display_name, state_since, rds, key in rows:
-        principal = RulePrincipal(
-            directory=intern(directory), guid=guid, kind=intern(kind), name=name, dn=dn, state=intern(state),
-            display_name=display_name, state_since=state_since, dn_key=key or "",
-            rds_cals=tuple(RdsPerUserCal(c.version, c.expires, c.license_server)
-                           for c in rds_licenses_from_json(rds)) if rds and rds != "[]" else ())
-        principals.append(principal)
-        keys[pid] = principal.key
-    del rows
-    memberships = tuple((keys[g], keys[m]) for g, m in members if g in keys and m in keys)
+                               .where(Principal.directory.in_(directories)).execution_options(yield_per=5000))
+        for pid, directory, guid, kind, name, dn, state, display_name, state_since, rds, key in rows:
+            principal = RulePrincipal(
+                directory=intern(directory), guid=guid, kind=intern(kind), name=name, dn=dn, state=intern(state),
+                display_name=display_name, state_since=state_since, dn_key=key or "",
+                rds_cals=tuple(RdsPerUserCal(c.version, c.expires, c.license_server)
+                               for c in rds_licenses_from_json(rds)) if rds and rds != "[]" else ())
+            principals.append(principal)
+            keys[pid] = principal.key
+        members = session.execute(select(Membership.group_id, Membership.member_id)
+                                  .execution_options(yield_per=5000))
+        memberships = tuple((keys[g], keys[m]) for g, m in members if g in keys and m in keys)
     return DirectoryView(principals=tuple(principals), memberships=memberships, directories=tuple(directories))
 
 

@@ -53,10 +53,15 @@ class _Index:
 
     def __init__(self, view: DirectoryView) -> None:
         self.by_key: dict[PrincipalKey, Principal] = {p.key: p for p in view.principals}
-        self.by_name: dict[tuple[str, str], list[Principal]] = defaultdict(list)
+        # By lower-cased name: the principal itself, or a tuple of those sharing the name (other
+        # kinds, other directories).  Not a list per name: 125,000 lists were ~20 MB.
+        self._by_name: dict[str, Principal | tuple[Principal, ...]] = {}
         self.by_dn: dict[tuple[str, str], Principal] = {}  # groups only
+        by_name = self._by_name
         for p in view.principals:
-            self.by_name[(p.kind, p.name.lower())].append(p)
+            name = p.name.lower()
+            found = by_name.get(name)
+            by_name[name] = p if found is None else (*found, p) if type(found) is tuple else (found, p)
             if p.kind == "group" and p.state not in (PrincipalState.DELETED.value, PrincipalState.MISSING.value):
                 self.by_dn[(p.directory, p.dn_key)] = p  # requirements name groups by DN
         self.children: dict[PrincipalKey, list[PrincipalKey]] = defaultdict(list)
@@ -65,6 +70,15 @@ class _Index:
         self.directories = tuple(sorted({p.directory for p in view.principals} | set(view.directories)))
         self._refs: dict[PrincipalKey, PrincipalRef] = {}
         self._tuples: dict[tuple, tuple] = {}
+
+    def named(self, kind: str, name: str) -> list[Principal]:
+        """The principals of ``kind`` called ``name`` (lower-cased), in every directory."""
+        found = self._by_name.get(name)
+        if found is None:
+            return []
+        if type(found) is not tuple:
+            return [found] if found.kind == kind else []
+        return [p for p in found if p.kind == kind]
 
     def ref(self, principal: Principal) -> PrincipalRef:
         """The principal as findings and licences name it: one object per principal."""
@@ -83,7 +97,7 @@ class _Index:
         if "=" in ref:
             found = [self.by_dn.get((d, dn_key(ref))) for d in dirs]
             return [g for g in found if g is not None]
-        return [g for g in self.by_name.get(("group", ref.lower()), [])
+        return [g for g in self.named("group", ref.lower())
                 if (directory is None or g.directory == directory)
                 and g.state not in (PrincipalState.DELETED.value, PrincipalState.MISSING.value)]
 
@@ -240,18 +254,18 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
 
     licensed: dict[tuple[str, str, str], int] = defaultdict(int)
     rows: dict[tuple[str, str, str], int] = defaultdict(int)
-    wants: dict[PrincipalKey, list[tuple[str, str, str, bool]]] = defaultdict(list)  # per principal, for licences
+    wants: dict[PrincipalKey, tuple[tuple[str, str, str, bool], ...]] = {}  # per principal, for licences
     needs_wording: dict[tuple, tuple[str, tuple]] = {}
     for need in needs:
         principal = index.by_key[need.principal]
         line = (need.product, need.version, need.cal_type)
         rows[line] += 1
         purchases = held.get(need.principal, ())
-        if any(covers(p, need) for p in purchases):
+        ok = any(covers(p, need) for p in purchases)
+        wants[need.principal] = wants.get(need.principal, ()) + (index.shared((*line, ok)),)
+        if ok:
             licensed[line] += 1
-            wants[need.principal].append((*line, True))
             continue
-        wants[need.principal].append((*line, False))
         too_old = [p for p in purchases if p.cal_type == need.cal_type and p.valid_on(today)
                    and inventory.catalog.grants(p.product, need.product)
                    and not version_covers(p.version, need.version)]
@@ -307,7 +321,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
                           licences=licences)
 
 
-def _licence_view(wants: dict[PrincipalKey, list[tuple[str, str, str, bool]]],
+def _licence_view(wants: dict[PrincipalKey, tuple[tuple[str, str, str, bool], ...]],
                   held: dict[PrincipalKey, list[Purchase]], index: _Index) -> tuple[m.PrincipalLicences, ...]:
     """Per principal that holds a seat or needs one: what it holds and what it needs."""
     holdings: dict[tuple[str, ...], tuple] = {}  # purchase ids held -> the sorted holds (a few distinct ones)
@@ -319,7 +333,7 @@ def _licence_view(wants: dict[PrincipalKey, list[tuple[str, str, str, bool]]],
         if holds is None:
             holds = holdings[ids] = tuple(sorted({(p.id, p.product, p.version, p.cal_type) for p in purchases}))
         needed = wants.get(key, ())
-        needs = index.shared(tuple(needed) if len(needed) < 2 else tuple(sorted(needed)))
+        needs = index.shared(needed if len(needed) < 2 else tuple(sorted(needed)))
         out.append(m.PrincipalLicences(index.ref(index.by_key[key]), holds, needs))
     return tuple(sorted(out, key=lambda l: (l.principal.kind, l.principal.name.lower(), l.principal.directory or "")))
 
@@ -421,7 +435,7 @@ def _evidence(inventory: Inventory) -> list[Finding]:
 
 def _principal_named(index: _Index, name: str, kinds: Sequence[str], directory: str | None = None) -> Principal | None:
     for kind in kinds:
-        found = [p for p in index.by_name.get((kind, name.lower().removesuffix("$")), [])
+        found = [p for p in index.named(kind, name.lower().removesuffix("$"))
                  if directory is None or p.directory == directory]
         if found:
             return sorted(found, key=lambda p: (p.state != PrincipalState.ACTIVE.value, p.directory))[0]
@@ -522,7 +536,7 @@ def _resolve(assignment: Assignment, purchase: Purchase, index: _Index) -> list[
     name = assignment.principal.lower()
     wanted_kind = _KIND_FOR_CAL_TYPE[purchase.cal_type]
     for kind in (wanted_kind, *(k for k in ("user", "computer") if k != wanted_kind)):
-        found = [p for p in index.by_name.get((kind, name), [])
+        found = [p for p in index.named(kind, name)
                  if assignment.directory is None or p.directory == assignment.directory]
         if found:
             return found
