@@ -38,6 +38,24 @@ def test_generalized_time(text, expected):
     assert decode.generalized_time(text) == expected
 
 
+def outcome(parse, value):
+    try:
+        return parse(value)
+    except ValueError as exc:
+        return ("ValueError", str(exc))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).map(lambda m: m.strftime("%Y%m%d%H%M%S")),
+    st.text(alphabet="0123456789", min_size=14, max_size=14),  # month 13, hour 24, day 00...
+    st.text(alphabet="0123456789Z.+- \u0663", min_size=13, max_size=16),
+).map(lambda main: main + "Z"))
+def test_generalized_time_fast_path_agrees_with_the_general_parser(value):
+    # The 15-character "...Z" form skips the general parse: same moment, or the same error.
+    assert outcome(decode.generalized_time, value) == outcome(decode._generalized_time, value)
+
+
 def test_generalized_time_rejects_garbage():
     with pytest.raises(ValueError):
         decode.generalized_time("yesterday")

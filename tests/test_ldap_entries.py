@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -147,3 +148,22 @@ def test_change_filter_values_are_inert_and_round_trip(micros, attribute):
     raw = {attribute: [value.encode()]}
     expected = micros if attribute == "entryCSN" else micros - micros % 1_000_000
     assert le.change_stamp(raw, attribute) == expected
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(
+    st.integers(min_value=0, max_value=253402300799 * 1_000_000).map(
+        lambda micros: le.change_filter_value("entryCSN", micros)),
+    st.integers(min_value=0, max_value=253402300799 * 1_000_000).map(
+        lambda micros: le.change_filter_value("modifyTimestamp", micros)),
+    st.text(alphabet="0123456789", min_size=14, max_size=14).map(lambda t: t + ".000001Z#000000#000#000000"),
+    st.text(alphabet="0123456789", min_size=14, max_size=14).map(lambda t: t + "Z"),
+    st.text(alphabet="0123456789.Z#+- ", min_size=14, max_size=30),
+), st.booleans())
+def test_change_stamps_of_the_fixed_forms_agree_with_parsing_them(text, csn):
+    # The fixed-width forms skip the datetime parse: the same stamp, or left to the parse.
+    fixed = le._fixed_width_stamp(text, csn)
+    assert fixed is None or fixed == le._parsed_stamp(text, csn)
+    written = re.fullmatch(r"\d{14}\.\d{6}Z#.*" if csn else r"\d{14}Z", text)
+    if written and le._parsed_stamp(text, csn) is not None:
+        assert fixed is not None  # the forms servers write do take the fast path

@@ -71,14 +71,23 @@ def classify(object_classes: Sequence[str]) -> EntryKind | None:
     return None
 
 
+# Attribute names as servers spell them -> normalised: a few dozen distinct names, met millions
+# of times in a big read.  Bounded, in case a directory sends ever new ones (;range=..., ;lang-..).
+_BASE_NAMES: dict[str, str] = {}
+
+
 def normalise_attributes(raw: Mapping[str, Sequence[bytes]]) -> dict[str, list[bytes]]:
     """Lower-case attribute names and drop options such as ``;binary`` (ranges are handled by the
     reader before this point).  The value lists are shared with ``raw``, not copied."""
     out: dict[str, list[bytes]] = {}
     for name, values in raw.items():
-        base = name.lower()
-        if ";" in base:
-            base = base.split(";", 1)[0]
+        base = _BASE_NAMES.get(name)
+        if base is None:
+            base = name.lower()
+            if ";" in base:
+                base = base.split(";", 1)[0]
+            if len(_BASE_NAMES) < 4096:
+                _BASE_NAMES[name] = base
         if type(values) is not list or (values and type(values[0]) is not bytes):
             values = [v if isinstance(v, bytes) else bytes(v) for v in values]
         out[base] = out[base] + values if base in out else values

@@ -36,15 +36,16 @@ from agent.directory.ad import (
     _ldap_reason,
     _unbind,
 )
+from agent.directory.ad_entries import normalise_attributes
 from agent.directory.ldap_entries import (
     CHANGE_ATTRIBUTES,
     MEMBER_ATTRIBUTES,
     STATE_ATTRIBUTES,
     change_filter_value,
     change_stamp,
-    entry_from_ldap,
+    entry_from_attributes,
     identity,
-    user_uids,
+    uids_of,
 )
 from agent.directory.records import DirectoryEntry, EntryKind, ReadStats
 from agent.errors import DirectoryError
@@ -156,6 +157,7 @@ class LdapReader(ActiveDirectoryReader):
             future: list[str] = []
             seen: set[str] = set()
             stored_merged = False
+            change_key = (change_attribute or "").lower()  # as normalise_attributes spells it
             for kind, search_filter in self._searches():
                 if watermark is not None:
                     search_filter = f"(&({change_attribute}>={change_filter_value(change_attribute, watermark)})" \
@@ -171,11 +173,12 @@ class LdapReader(ActiveDirectoryReader):
                         # others resolve against the store (loaded once, for the first such group).
                         uid_to_dn = {**self.stored_uids(), **uid_to_dn}
                         stored_merged = True
-                    entry = self._ldap_entry(dn, raw, kind, uid_to_dn)
+                    attrs = normalise_attributes(raw)  # once, for the record, the uids and the stamp
+                    entry = self._ldap_entry(dn, attrs, kind, uid_to_dn)
                     if kind is EntryKind.USER:
-                        for uid in user_uids(raw):
+                        for uid in uids_of(attrs):
                             uid_to_dn.setdefault(uid, dn)
-                    stamp = change_stamp(raw, change_attribute) if change_attribute else None
+                    stamp = change_stamp(attrs, change_key) if change_attribute else None
                     if stamp is not None and stamp > latest:
                         # Stamped in the future: it must not carry the watermark past changes
                         # still to come (they would be skipped until a full read).
@@ -257,9 +260,9 @@ class LdapReader(ActiveDirectoryReader):
                 mark = max(mark, watermark)
         return replace(self.dc, highest_usn=mark)
 
-    def _ldap_entry(self, dn: str, raw, kind: EntryKind, uid_to_dn: dict[str, str]) -> DirectoryEntry:
+    def _ldap_entry(self, dn: str, attrs, kind: EntryKind, uid_to_dn: dict[str, str]) -> DirectoryEntry:
         try:
-            return entry_from_ldap(dn, raw, kind, self.config.attributes, member_dns_by_uid=uid_to_dn)
+            return entry_from_attributes(dn, attrs, kind, self.config.attributes, member_dns_by_uid=uid_to_dn)
         except ValueError as exc:
             raise DirectoryError(
                 f"{self.config.url}: cannot decode {dn}: {exc}",
