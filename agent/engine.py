@@ -225,10 +225,10 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
                               principal_changes=_principal_changes(session, previous_run, config))
         run.report_gz = report_gz = gzip_report(report)
         run.errors, run.warnings = report["summary"]["errors"], report["summary"]["warnings"]
-        findings = [{"run_id": run.id, "key": f["key"], "kind": f["kind"], "severity": f["severity"]}
-                    for f in report["findings"]]
-        for start in range(0, len(findings), 5000):  # one executemany per batch, not one ORM object each
-            session.execute(RunFinding.__table__.insert(), findings[start:start + 5000])
+        for start in range(0, len(result.findings), 5000):  # one executemany per batch, not one ORM object each
+            session.execute(RunFinding.__table__.insert(), [
+                {"run_id": run.id, "key": f.key, "kind": f.kind, "severity": f.severity}
+                for f in result.findings[start:start + 5000]])
         run_id = run.id
     log.info("reconcile.finished", run=run_id, compliant=result.compliant, findings=len(result.findings),
              shortfall=result.shortfall, new=len(report["drift"]["new"]), resolved=len(report["drift"]["resolved"]))
