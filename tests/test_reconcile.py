@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timezone
 
 import pytest
@@ -297,3 +298,27 @@ def test_property_required_equals_active_principals_in_scope_and_is_deterministi
     reversed_view = DirectoryView(principals=tuple(reversed(view.principals)),
                                   memberships=tuple(reversed(view.memberships)), directories=view.directories)
     assert reconcile(reversed_view, [req(group="all")], inv, today=TODAY) == result
+
+
+def test_the_json_report_gives_each_finding_its_own_details():
+    # The report shares one details object among findings whose details are equal (memory at
+    # 100,000 users); findings of one kind with other details must keep theirs.
+    from agent.reports.json_report import build_report
+
+    e = Estate()
+    for n in ("alice", "bob", "carol"):
+        e.add(n)
+    e.add("KIOSK-01", kind="computer", ou="Kiosks")
+    e.add("rds-users", kind="group")
+    e.member("rds-users", "carol")
+    inv = inventory([purchase(quantity=1), purchase("PO-2", cal_type="device", quantity=0)],
+                    [{"purchase": "PO-2", "principal": "KIOSK-01"}])
+    requirements = [req(), req("remote", group="rds-users"), req("kiosks", cal_type="device", ou=f"OU=Kiosks,{BASE}")]
+    result = reconcile(e.view(), requirements, inv, today=TODAY)
+    report = build_report(result, run_id=1, previous=None, directories=[], generated_at=datetime.now(timezone.utc))
+    expected = [{k: list(v) if isinstance(v, tuple) else v for k, v in f.details} for f in result.findings]
+    assert [f["details"] for f in report["findings"]] == expected
+    details = {f["principal"]["name"]: f["details"] for f in report["findings"] if f["kind"] == "unlicensed_user"}
+    assert details == {"alice": {"requirements": ["staff"]}, "bob": {"requirements": ["staff"]},
+                       "carol": {"requirements": ["staff", "remote"]}}
+    assert len({json.dumps(f["details"]) for f in report["findings"] if f["kind"] in ("shortfall", "over_assigned")}) == 3
