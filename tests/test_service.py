@@ -105,6 +105,8 @@ def test_service_reports_ready_status_and_watchdog_reloads_on_hup_and_stops_clea
     assert "service.started" in events and "config.reloaded" in events and events[-1] == "service.stopped"
     agent_status = json.loads((tmp_path / "reports" / "agent-status.json").read_text())
     assert agent_status["last_cycle"]["run"] == 1 and agent_status["next_run"]
+    assert agent_status["last_cycle"]["compliant"] is False
+    assert agent_status["last_cycle"]["summary"].startswith("run 1: NOT COMPLIANT, shortfall 11, ")
     shown = subprocess.run([sys.executable, "-m", "agent", "--config", str(northwind), "status"],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
@@ -218,3 +220,18 @@ def test_a_failed_cycle_is_retried_with_backoff_not_an_hour_later(northwind, tmp
     assert "NOT COMPLIANT" in status["STATUS"]
     events = [json.loads(line) for line in stderr_of(northwind).splitlines() if line.startswith("{")]
     assert any(e["event"] == "cycle.retry_scheduled" and e["delay_seconds"] == 1 for e in events)
+
+
+def test_between_cycles_the_service_keeps_a_cycles_summary_not_its_report(northwind, tmp_path, monkeypatch):
+    # At 100,000 users a report's findings and licences are ~100 MB; the daemon shows only the
+    # summary, run and verdict of its last cycle until the next one.
+    from agent.config import load_config
+    from agent.service.daemon import Daemon
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    daemon = Daemon(northwind, load_config(northwind))
+    daemon._cycle()
+    assert daemon.last is not None and daemon.last.report is None
+    status = json.loads((tmp_path / "reports" / "agent-status.json").read_text())["last_cycle"]
+    assert (status["run"], status["compliant"]) == (1, False)
+    assert status["summary"] == daemon.last.summary() and status["summary"].startswith("run 1: NOT COMPLIANT")

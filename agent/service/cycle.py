@@ -33,13 +33,25 @@ class CycleResult:
     failures: list = field(default_factory=list)
     synced: list = field(default_factory=list)
     alerts: Any = None  # agent.alerts.Outcome: what alerting queued and sent in this cycle
+    run_id: int | None = None
+    compliant: bool | None = None
+    _summary: str | None = field(default=None, repr=False)  # kept by release()
 
     @property
     def duration(self) -> float:
         end = self.finished_at or datetime.now(timezone.utc)
         return (end - self.started_at).total_seconds()
 
+    def release(self) -> None:
+        """Keep what the service shows of this cycle until the next one (its summary, run, verdict)
+        and drop the report: at 100,000 users its findings and licences are ~100 MB that the daemon
+        would otherwise hold between cycles, for nothing."""
+        self._summary = self.summary()
+        self.report = None
+
     def summary(self) -> str:
+        if self._summary is not None:
+            return self._summary
         if self.report is None:
             return "stopped before reconcile" if self.stopped else "no report"
         s = self.report["summary"]
@@ -61,6 +73,7 @@ def run_cycle(config: Config, store: Store, *, should_stop: Callable[[], bool] =
         else:
             run = engine.reconcile_and_record(config, store)
             result.report = run.report
+            result.run_id, result.compliant = run.run_id, run.reconciliation.compliant
             result.written = engine.write_report_files(config, run)
             engine.prune_runs(config, store)
             result.alerts = alerts.after_run(config, store, run.report, report_file=result.written.get("html"),

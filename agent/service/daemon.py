@@ -86,6 +86,8 @@ class Daemon:
             self.cycles += 1
             self._schedule_retry(failed=self.last_error is not None or bool(self.last and self.last.failures))
             self._record_metrics()  # before STATUS=, so whoever reads the status sees the same cycle
+            if self.last is not None:
+                self.last.release()  # metrics are recorded: the status needs only the summary
             self._publish()
 
     def _schedule_retry(self, *, failed: bool) -> None:
@@ -137,8 +139,8 @@ class Daemon:
             "last_cycle": None if self.last is None else {
                 "started_at": _iso(self.last.started_at), "finished_at": _iso(self.last.finished_at),
                 "duration_seconds": round(self.last.duration, 3), "summary": self.last.summary(),
-                "run": self.last.report["run"]["id"] if self.last.report else None,
-                "compliant": self.last.report["compliant"] if self.last.report else None,
+                "run": self.last.run_id,
+                "compliant": self.last.compliant,
                 "failed_directories": [f.directory for f in self.last.failures],
             },
             "last_error": self.last_error,
