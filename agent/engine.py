@@ -25,7 +25,8 @@ import structlog
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import defer
 
-from agent.compliance.model import DirectoryView, Principal as RulePrincipal, PrincipalKey, Reconciliation, RdsPerUserCal
+from agent.compliance.model import DirectoryView, PrincipalKey, RdsPerUserCal, Reconciliation
+from agent.compliance.model import Principal as RulePrincipal
 from agent.compliance.reconcile import reconcile
 from agent.config import ActiveDirectoryConfig, Config, LdapConfig, LdifConfig, duration_seconds
 from agent.directory import make_reader

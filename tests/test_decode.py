@@ -47,7 +47,8 @@ def outcome(parse, value):
 
 @settings(max_examples=2000, deadline=None)
 @given(st.one_of(
-    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).map(lambda m: m.strftime("%Y%m%d%H%M%S")),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31))
+    .map(lambda m: m.strftime("%Y%m%d%H%M%S")),
     st.text(alphabet="0123456789", min_size=14, max_size=14),  # month 13, hour 24, day 00...
     st.text(alphabet="0123456789Z.+- \u0663", min_size=13, max_size=16),
 ).map(lambda main: main + "Z"))

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import LdapAttributes, parse_config
+from agent.directory import decode
 from agent.directory import ldap_entries as le
 from agent.directory.records import EntryKind
 from agent.errors import ConfigError
@@ -167,3 +168,17 @@ def test_change_stamps_of_the_fixed_forms_agree_with_parsing_them(text, csn):
     written = re.fullmatch(r"\d{14}\.\d{6}Z#.*" if csn else r"\d{14}Z", text)
     if written and le._parsed_stamp(text, csn) is not None:
         assert fixed is not None  # the forms servers write do take the fast path
+
+
+def test_the_change_stamp_is_the_attribute_as_spelled_first_and_without_options():
+    old, new = b"20200101000000Z", b"20300101000000Z"
+    in_2020 = 1577836800000000
+    assert le.change_stamp({"modifyTimestamp;x-a": [new], "modifyTimestamp": [old]}, "modifyTimestamp") == in_2020
+    assert le.change_stamp({"modifytimestamp": [new], "modifyTimestamp": [old]}, "modifyTimestamp") == in_2020
+    assert le.change_stamp({"modifyTimestamp;x-a": [old]}, "modifyTimestamp") is None
+
+
+def test_a_time_before_year_1_in_utc_is_not_understood_rather_than_a_crash():
+    with pytest.raises(ValueError, match="not a representable GeneralizedTime"):
+        decode.generalized_time("00010101000000+0100")
+    assert le.change_stamp({"modifyTimestamp": [b"00010101000000+0100"]}, "modifyTimestamp") is None

@@ -71,7 +71,12 @@ def _generalized_time(value: str) -> datetime | None:
     # datetime() checks the ranges as strptime would, at a tenth of the cost (millions of values per read).
     moment = datetime(int(main[0:4]), int(main[4:6]), int(main[6:8]), int(main[8:10]), int(main[10:12]),
                       int(main[12:14]), tzinfo=tz)
-    return moment if tz is timezone.utc else moment.astimezone(timezone.utc)
+    if tz is timezone.utc:
+        return moment
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # 00010101000000+0100: before year 1 in UTC
+        raise ValueError(f"not a representable GeneralizedTime: {value!r}") from None
 
 
 def guid(value: bytes) -> str:

@@ -157,7 +157,6 @@ class LdapReader(ActiveDirectoryReader):
             future: list[str] = []
             seen: set[str] = set()
             stored_merged = False
-            change_key = (change_attribute or "").lower()  # as normalise_attributes spells it
             for kind, search_filter in self._searches():
                 if watermark is not None:
                     search_filter = f"(&({change_attribute}>={change_filter_value(change_attribute, watermark)})" \
@@ -173,12 +172,11 @@ class LdapReader(ActiveDirectoryReader):
                         # others resolve against the store (loaded once, for the first such group).
                         uid_to_dn = {**self.stored_uids(), **uid_to_dn}
                         stored_merged = True
-                    attrs = normalise_attributes(raw)  # once, for the record, the uids and the stamp
-                    entry = self._ldap_entry(dn, attrs, kind, uid_to_dn)
+                    entry, attrs = self._ldap_entry(dn, raw, kind, uid_to_dn)
                     if kind is EntryKind.USER:
                         for uid in uids_of(attrs):
                             uid_to_dn.setdefault(uid, dn)
-                    stamp = change_stamp(attrs, change_key) if change_attribute else None
+                    stamp = change_stamp(raw, change_attribute) if change_attribute else None
                     if stamp is not None and stamp > latest:
                         # Stamped in the future: it must not carry the watermark past changes
                         # still to come (they would be skipped until a full read).
@@ -260,9 +258,13 @@ class LdapReader(ActiveDirectoryReader):
                 mark = max(mark, watermark)
         return replace(self.dc, highest_usn=mark)
 
-    def _ldap_entry(self, dn: str, attrs, kind: EntryKind, uid_to_dn: dict[str, str]) -> DirectoryEntry:
+    def _ldap_entry(self, dn: str, raw, kind: EntryKind,
+                    uid_to_dn: dict[str, str]) -> tuple[DirectoryEntry, dict[str, list[bytes]]]:
+        """The entry's record and its normalised attributes (normalised once, for the record and
+        the uids)."""
         try:
-            return entry_from_attributes(dn, attrs, kind, self.config.attributes, member_dns_by_uid=uid_to_dn)
+            attrs = normalise_attributes(raw)
+            return entry_from_attributes(dn, attrs, kind, self.config.attributes, member_dns_by_uid=uid_to_dn), attrs
         except ValueError as exc:
             raise DirectoryError(
                 f"{self.config.url}: cannot decode {dn}: {exc}",
