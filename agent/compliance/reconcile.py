@@ -286,8 +286,10 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
                 f" needs {_a(_cal_label(inventory, *line))} (requirement {', '.join(need.requirements)})",
                 (("requirements", need.requirements),))
         findings.append(Finding(
-            m.UNLICENSED_USER if need.cal_type == "user" else m.UNLICENSED_DEVICE, principal.name + wording[0] + detail,
-            need.product, need.version, need.cal_type, index.ref(principal), details=wording[1]))
+            kind=m.UNLICENSED_USER if need.cal_type == "user" else m.UNLICENSED_DEVICE, product=need.product,
+            version=need.version, cal_type=need.cal_type, principal=index.ref(principal),
+            message=principal.name + wording[0] + detail, details=wording[1],
+        ))
 
     findings += _missing_base_cals(needs, held, index, inventory, today)
     del needs  # 100,000 of them: freed before the licences and the sort below need their memory
@@ -377,6 +379,7 @@ def _missing_base_cals(needs: list[Need], held: dict[PrincipalKey, list[Purchase
             ))
 
     for need in needs:
+        # () once known to have no prerequisite (most needs: Windows Server): no check to make
         if index.by_key[need.principal].state == PrincipalState.ACTIVE.value and prerequisites.get(need.product) != ():
             check(need.principal, need.product, need.cal_type, None)
     for key, purchases in held.items():

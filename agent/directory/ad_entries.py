@@ -103,11 +103,15 @@ def first_value(attrs: Mapping[str, list[bytes]], name: str) -> bytes | None:
 def decoded_value(attrs: Mapping[str, list[bytes]], name: str, convert):
     """``convert`` applied to the first value of ``name`` (None when absent); a value that does not
     decode raises ValueError naming the attribute."""
-    value = first_value(attrs, name)
-    if value is None:
-        return None
+    values = attrs.get(name.lower())
+    return converted(values, name, convert) if values else None
+
+
+def converted(values: Sequence[bytes], name: str, convert):
+    """``convert`` applied to the first of ``values`` (those of attribute ``name``); a value that
+    does not decode raises ValueError naming the attribute."""
     try:
-        return convert(value)
+        return convert(values[0])
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{name}: {exc}") from None
 

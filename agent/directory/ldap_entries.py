@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
 from agent.directory import decode
-from agent.directory.ad_entries import normalise_attributes
+from agent.directory.ad_entries import converted, normalise_attributes
 from agent.directory.records import UAC_ACCOUNTDISABLE, DirectoryEntry, EntryKind
 
 # OpenLDAP ppolicy: an administrator's permanent lock (draft-behera-ldap-password-policy 5.3.3).
@@ -124,15 +124,9 @@ def _first(attrs: Mapping[str, list[bytes]], lowered: str) -> bytes | None:
 
 
 def _decoded(attrs: Mapping[str, list[bytes]], lowered: str, name: str, convert):
+    """``decoded_value`` with the name given lower-cased as well (no ``lower()`` per entry)."""
     values = attrs.get(lowered)
-    return _converted(values, name, convert) if values else None
-
-
-def _converted(values: list[bytes], name: str, convert):
-    try:
-        return convert(values[0])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{name}: {exc}") from None
+    return converted(values, name, convert) if values else None
 
 
 def entry_from_attributes(dn: str, attrs: Mapping[str, list[bytes]], kind: EntryKind, names, *,
