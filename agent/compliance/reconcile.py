@@ -28,6 +28,10 @@ from agent.inventory.versions import normalise_version, parse_version, version_c
 from agent.store.models import PrincipalState
 
 _KIND_FOR_CAL_TYPE = {"user": "user", "device": "computer"}
+# The state values as plain strings: an enum member's .value is a descriptor call, and the loops
+# below test a state per principal, hundreds of thousands of times.
+_ACTIVE = PrincipalState.ACTIVE.value
+_GONE = (PrincipalState.DELETED.value, PrincipalState.MISSING.value)
 _STALE_STATES = {
     PrincipalState.DISABLED.value,
     PrincipalState.EXPIRED.value,
@@ -62,7 +66,7 @@ class _Index:
             name = p.name.lower()
             found = by_name.get(name)
             by_name[name] = p if found is None else (*found, p) if type(found) is tuple else (found, p)
-            if p.kind == "group" and p.state not in (PrincipalState.DELETED.value, PrincipalState.MISSING.value):
+            if p.kind == "group" and p.state not in _GONE:
                 self.by_dn[(p.directory, p.dn_key)] = p  # requirements name groups by DN
         self.children: dict[PrincipalKey, list[PrincipalKey]] = defaultdict(list)
         for group, member in view.memberships:
@@ -99,7 +103,7 @@ class _Index:
             return [g for g in found if g is not None]
         return [g for g in self.named("group", ref.lower())
                 if (directory is None or g.directory == directory)
-                and g.state not in (PrincipalState.DELETED.value, PrincipalState.MISSING.value)]
+                and g.state not in _GONE]
 
     def transitive_members(self, groups: Iterable[Principal]) -> set[PrincipalKey]:
         """Every principal reachable below the groups (nesting, cycles tolerated)."""
@@ -123,7 +127,7 @@ def select_principals(requirement: Requirement, index: _Index, problems: list[Fi
     selector: Selector = requirement.users if requirement.cal_type == "user" else requirement.computers
     kind = _KIND_FOR_CAL_TYPE[requirement.cal_type]
     candidates = [p for p in index.by_key.values()
-                  if p.kind == kind and p.state == PrincipalState.ACTIVE.value
+                  if p.kind == kind and p.state == _ACTIVE
                   and (requirement.directory is None or p.directory == requirement.directory)]
     if selector.ou:
         base = dn_key(selector.ou)
@@ -277,8 +281,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
                 f"{need.version} server (R07): assign a {need.version} or later CAL",
                 details=(("held_version", p.version), ("required_version", need.version)),
             ))
-        older = sorted({p.version for p in too_old})
-        detail = f"; holds only {', '.join(older)}" if older else " and holds none"
+        detail = f"; holds only {', '.join(sorted({p.version for p in too_old}))}" if too_old else " and holds none"
         # The same few (line, requirements) for most principals: their wording is made once.
         wording = needs_wording.get((line, need.requirements))
         if wording is None:
@@ -380,10 +383,10 @@ def _missing_base_cals(needs: list[Need], held: dict[PrincipalKey, list[Purchase
 
     for need in needs:
         # () once known to have no prerequisite (most needs: Windows Server): no check to make
-        if index.by_key[need.principal].state == PrincipalState.ACTIVE.value and prerequisites.get(need.product) != ():
+        if index.by_key[need.principal].state == _ACTIVE and prerequisites.get(need.product) != ():
             check(need.principal, need.product, need.cal_type, None)
     for key, purchases in held.items():
-        if index.by_key[key].state != PrincipalState.ACTIVE.value:
+        if index.by_key[key].state != _ACTIVE:
             continue  # a departed holder's seat is a stale_assignment already
         for purchase in purchases:
             if purchase.valid_on(today) and (key, purchase.product, purchase.cal_type) not in needed:
@@ -443,7 +446,7 @@ def _principal_named(index: _Index, name: str, kinds: Sequence[str], directory: 
         found = [p for p in index.named(kind, name.lower().removesuffix("$"))
                  if directory is None or p.directory == directory]
         if found:
-            return sorted(found, key=lambda p: (p.state != PrincipalState.ACTIVE.value, p.directory))[0]
+            return sorted(found, key=lambda p: (p.state != _ACTIVE, p.directory))[0]
     return None
 
 
@@ -495,7 +498,7 @@ def _departed_owners(inventory: Inventory, index: _Index) -> list[Finding]:
         if not p.owner:
             continue
         owner = _principal_named(index, p.owner, ("user",))
-        if owner is not None and owner.state == PrincipalState.ACTIVE.value:
+        if owner is not None and owner.state == _ACTIVE:
             continue
         state = owner.state if owner else "not_found"
         what = f"is {owner.state}" if owner else "is not in the directory"
