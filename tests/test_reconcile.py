@@ -323,3 +323,15 @@ def test_the_json_report_gives_each_finding_its_own_details():
                        "carol": {"requirements": ["staff", "remote"]}}
     counts = [f["details"] for f in report["findings"] if f["kind"] in ("shortfall", "over_assigned")]
     assert len({json.dumps(d) for d in counts}) == 3
+
+
+def test_equal_but_differently_typed_details_keep_their_types_in_the_json_report():
+    from agent.compliance.model import Finding, Reconciliation
+    from agent.reports.json_report import build_report
+
+    result = Reconciliation(products=(), findings=(Finding(kind="expiring", message="a", purchase="P1",
+                                                           details=(("days_left", 1),)),
+                                                   Finding(kind="expiring", message="b", purchase="P2",
+                                                           details=(("days_left", True),))))
+    report = build_report(result, run_id=1, previous=None, directories=[], generated_at=datetime.now(timezone.utc))
+    assert [json.dumps(f["details"]) for f in report["findings"]] == ['{"days_left": 1}', '{"days_left": true}']

@@ -134,7 +134,9 @@ def finding_to_dict(f: Finding, memo: dict) -> dict[str, Any]:
         "reason": f.reason,
         "since": iso(f.since),
         "message": f.message,
-        "details": _once(memo, ("details", f.details),
+        # By identity, not value: ("n", 1) and ("n", True) are equal tuples but not the same JSON.
+        # Findings made alike share their details tuple (unlicensed ones: one per wording).
+        "details": _once(memo, ("details", id(f.details)),
                          lambda: {k: list(v) if isinstance(v, tuple) else v for k, v in f.details}),
     }
 
