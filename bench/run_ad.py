@@ -523,6 +523,8 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--populate":  # under Debian's python3: no venv imports
         populate(Path(sys.argv[2]))
         return
+    sys.path.insert(0, str(REPO))
+    bench = load_bench_run()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=6)
@@ -531,14 +533,12 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="provision and populate the cached DC again")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (DC copy, config, store)")
     parser.add_argument("--profile", type=Path, help="profile the timed full sync into this .prof file")
-    parser.add_argument("--profile-step", choices=("full", "incremental"), default="full",
+    parser.add_argument("--profile-step", choices=bench.PROFILED_STEPS, default="full",
                         help="the sync --profile profiles: the full one (default) or the incremental one")
     parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)  # the timed child: bench/run's drive()
     parser.add_argument("--report", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--modify", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    bench = load_bench_run()
     if args.driver:
         print(json.dumps(bench.drive(args.driver, json.loads(args.modify), args.report, args.profile,
                                      args.profile_step)), flush=True)

@@ -153,14 +153,14 @@ def test_the_stored_report_is_the_json_report_gzipd_and_is_what_report_prints(si
 
     from sqlalchemy import select
 
-    from agent.reports.json_report import dumps_pretty
+    from agent.reports.json_report import pretty_json
 
     printed = site.run("report", "--format", "json").stdout
     store = open_store(load_config(site.config))
     with store.session() as session:
         blob = session.scalars(select(Run.report_gz).order_by(Run.id.desc())).first()
     assert gzip.decompress(blob).decode() == printed
-    assert printed == dumps_pretty(json.loads(printed))  # laid out as the whole report would be
+    assert printed == pretty_json(json.loads(printed)).decode()  # laid out as the whole report would be
     assert (site.folder / "reports" / "latest.json").read_text() == printed
     assert len(blob) * 4 < len(printed.encode())
     out = site.folder / "out.json"
@@ -202,7 +202,7 @@ def test_reports_stored_before_migration_0007_survive_the_upgrade_and_a_downgrad
     from alembic import command
 
     from agent.engine import stored_report, stored_report_text
-    from agent.reports.json_report import dumps_pretty
+    from agent.reports.json_report import pretty_json
     from agent.store.db import Store, alembic_config
 
     config = alembic_config()
@@ -237,7 +237,7 @@ def test_reports_stored_before_migration_0007_survive_the_upgrade_and_a_downgrad
     assert [stored_report(store, i) for i in (1, 2)] == old
     # SQLite rebuilds `runs` to drop its column: the rows referring to it must not go with it
     assert finding_keys() == [(1, "k1"), (2, "k2")]
-    assert b"".join(stored_report_text(store, 2, "json")).decode() == dumps_pretty(old[1])
+    assert b"".join(stored_report_text(store, 2, "json")).decode() == pretty_json(old[1]).decode()
     store.close()
     command.downgrade(config, "0006")
     engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))

@@ -400,6 +400,13 @@ def test_a_guid_read_twice_in_one_read_keeps_both_changes(store):
         assert (alice.name, alice.dn, alice.state) == ("alice2", moved.dn, "disabled")
 
 
+def test_a_group_read_twice_in_one_incremental_read_keeps_the_members_of_both(store):
+    sync(store, estate())
+    carol, dave = user("carol", rid=1103), user("dave", rid=1104)
+    _incremental(store, [group("staff", 1200, [carol]), group("staff", 1200, [dave])])
+    assert [(g, m) for g, m, _primary in _links(store) if g == "staff"] == [("staff", "carol"), ("staff", "dave")]
+
+
 def test_a_directory_recovering_from_a_bad_read_is_not_held_by_the_departure_guard(store):
     # A read that returned only 50 of 300 users was accepted (--accept-departures): 250 are
     # missing.  The next complete read returns everyone, 12 of them now disabled: judged against

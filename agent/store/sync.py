@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -276,7 +276,6 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                           mode="incremental" if incremental else "full", reason=reason, read=len(entries))
     events: list[tuple[str, str, str | None, str | None]] = []  # (guid, event, old, new)
     principals: dict[str, dict] = {}  # guid -> {id, kind, state, dn_key} of every principal read or re-judged
-    seen: set[str] = set()
     with store.session() as session:
         conn = session.connection()
         # The departure guard's base: after an incremental read, the active principals before
@@ -290,7 +289,6 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
             inserts: list[dict] = []
             updates: dict[str, dict] = {}  # guid -> changed columns of a stored principal
             for entry in batch:
-                seen.add(entry.guid)
                 _count_read(outcome, entry)
                 state, since = principal_state(entry, at=judge_at, inactive_after_days=inactive_after_days)
                 row = rows.get(entry.guid)
@@ -316,7 +314,8 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
             # Unchanged in the directory, but expiry and inactivity come with time: judge the
             # stored values as a complete read would judge the same values (only the principals
             # whose dates make a change possible are loaded).
-            for guid, row in _time_candidates(conn, directory, judge_at, inactive_after_days, seen).items():
+            # `principals` holds every GUID read so far: those are judged already.
+            for guid, row in _time_candidates(conn, directory, judge_at, inactive_after_days, principals).items():
                 state, since = principal_state(_stored_entry(row), at=judge_at,
                                                inactive_after_days=inactive_after_days)
                 if row["state"] != state.value:
@@ -331,7 +330,7 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
             c = _PRINCIPALS.c
             for pid, guid, kind, state in conn.execute(select(c.id, c.guid, c.kind, c.state)
                                                        .where(c.directory == directory, c.state.not_in(_GONE))):
-                if guid in seen:
+                if guid in principals:  # read (a GUID is stored once per directory)
                     continue
                 events.append((guid, "state", state, PrincipalState.MISSING.value))
                 later[guid] = {"state": PrincipalState.MISSING.value, "state_since": now}
@@ -410,7 +409,7 @@ def _compare(row: dict, entry: DirectoryEntry, state: str, state_since: datetime
             changed["state"], changed["state_since"] = PrincipalState.DELETED.value, now
         return changed
     values = _entry_values(entry)
-    if (row["dn_key"] or decode.dn_key(row["dn"])) != values["dn_key"]:
+    if _stored_dn_key(row) != values["dn_key"]:
         events.append((entry.guid, "moved", row["dn"], entry.dn))
     if row["name"] != entry.name:
         events.append((entry.guid, "renamed", row["name"], entry.name))
@@ -429,8 +428,12 @@ def _compare(row: dict, entry: DirectoryEntry, state: str, state_since: datetime
 
 def _kept(row: dict) -> dict:
     """What the steps after a batch need of a principal."""
-    return {"id": row["id"], "kind": row["kind"], "state": row["state"],
-            "dn_key": row["dn_key"] or decode.dn_key(row["dn"])}
+    return {"id": row["id"], "kind": row["kind"], "state": row["state"], "dn_key": _stored_dn_key(row)}
+
+
+def _stored_dn_key(row: dict) -> str:
+    """A stored principal's DN key (rows written before the column existed have none)."""
+    return row["dn_key"] or decode.dn_key(row["dn"])
 
 
 def _touch(conn, ids: list[int], now: datetime) -> None:
@@ -517,7 +520,7 @@ def _load_principals(conn, directory: str, *, guids: list[str] | None = None,
 
 
 def _time_candidates(conn, directory: str, judge_at: datetime, inactive_after_days: int,
-                     seen: set[str]) -> dict[str, dict]:
+                     read: Container[str]) -> dict[str, dict]:
     """Stored users and computers, not read this time, whose state time alone, or a changed
     `inactive_after_days`, changes (lifecycle.principal_state; time only moves forward):
 
@@ -538,7 +541,7 @@ def _time_candidates(conn, directory: str, judge_at: datetime, inactive_after_da
                  or_(and_(c.state == PrincipalState.ACTIVE.value, or_(expires, stale)),
                      and_(c.state == PrincipalState.INACTIVE.value, or_(expires, recent))))
     rows = _load_principals(conn, directory, where=where)
-    return {guid: row for guid, row in rows.items() if guid not in seen}
+    return {guid: row for guid, row in rows.items() if guid not in read}
 
 
 def _count_active(conn, directory: str) -> int:
@@ -689,9 +692,8 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
     # SID only when a changed principal has a primary group: not every stored principal.
     p = _PRINCIPALS.c
     live = and_(p.directory == directory, p.state.not_in(_GONE))
-    keys_of = {rows[e.guid]["id"]: [decode.dn_key(dn) for dn in e.members] for e in entries
-               if not e.deleted and e.kind is EntryKind.GROUP}
-    member_keys = sorted({key for keys in keys_of.values() for key in keys})
+    member_keys = sorted({decode.dn_key(dn) for e in entries if not e.deleted and e.kind is EntryKind.GROUP
+                          for dn in e.members})
     by_dn: dict[str, int] = {}
     for start in range(0, len(member_keys), _BATCH):
         stmt = (select(p.dn_key, p.id).where(live, p.dn_key.in_(member_keys[start:start + _BATCH]))
@@ -707,8 +709,8 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
             continue
         if entry.kind is EntryKind.GROUP:
             group_id = rows[entry.guid]["id"]
-            for key in keys_of[group_id]:
-                member_id = by_dn.get(key)
+            for member_dn in entry.members:
+                member_id = by_dn.get(decode.dn_key(member_dn))
                 if member_id is not None:
                     wanted.setdefault((group_id, member_id), False)
         if entry.primary_group_id is not None and entry.domain_sid:

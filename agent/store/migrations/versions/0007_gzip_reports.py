@@ -6,7 +6,6 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-25
 """
-import gzip
 import json
 
 from alembic import op
@@ -45,10 +44,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    from agent.reports.json_report import report_from_gzip
+
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('report', sa.JSON(), nullable=True))
     _convert_each_run(sa.column('report_gz', sa.LargeBinary), sa.column('report', sa.JSON),
-                      lambda blob: json.loads(gzip.decompress(blob)))
+                      report_from_gzip)
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.alter_column('report', existing_type=sa.JSON(), nullable=False)
         batch_op.drop_column('report_gz')
