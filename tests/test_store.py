@@ -136,6 +136,33 @@ def test_failed_read_changes_nothing_and_is_recorded(store):
         assert last.status == "failed" and "connection to dc1 lost" in last.error
 
 
+def test_a_read_failing_after_batches_were_written_changes_nothing(store):
+    # A complete read is written 5,000 entries at a time as it streams, all in one transaction:
+    # a DC lost after 12,000 entries must leave the store exactly as it was.
+    sync(store, estate())
+    before = (_states(store), _count(store, Membership), _count(store, PrincipalEvent))
+    newcomers = [user(f"n{i:05d}", rid=20_000 + i) for i in range(13_000)]
+    with pytest.raises(DirectoryError):
+        sync(store, [*estate(), *newcomers], fail_after=12_000)
+    assert (_states(store), _count(store, Membership), _count(store, PrincipalEvent)) == before
+    with store.session() as session:
+        last = session.scalars(select(SyncRun).order_by(SyncRun.id.desc())).first()
+        assert last.status == "failed" and "connection to dc1 lost" in last.error
+
+
+@pytest.mark.parametrize("tombstone_first", [True, False])
+def test_a_live_object_wins_over_its_tombstone_in_one_complete_read(store, tombstone_first):
+    # Restored from the recycle bin while the read ran: the tombstone and the live object share
+    # the GUID, whichever comes first in the read.
+    entries = estate()
+    sync(store, entries)
+    alice = entries[0]
+    tomb = DirectoryEntry(guid=alice.guid, kind=EntryKind.USER, name="alice", deleted=True,
+                          dn=f"CN=alice\\0ADEL:{alice.guid},CN=Deleted Objects,DC=corp,DC=example,DC=com")
+    outcome = sync(store, [tomb, *entries] if tombstone_first else [*entries, tomb])
+    assert _states(store)["alice"] == "active" and outcome.changes == 0 and outcome.tombstones == 0
+
+
 def test_missing_only_after_a_complete_read_and_back_when_seen_again(store):
     entries = estate()
     sync(store, entries)

@@ -1,8 +1,10 @@
 """Apply a directory read to the store, in one transaction.
 
-The read is consumed entirely *before* the write transaction opens: if the directory fails half
-way, the store is not touched and the sync is recorded as failed.  Only a complete read may turn
-principals that were not seen into ``missing``.
+A complete read is applied as it streams, 5,000 entries at a time, inside one transaction: if the
+directory fails half way, that transaction rolls back, the store keeps its previous state and the
+sync is recorded as failed.  An incremental read is read whole first (whether a complete read must
+follow is known only at its end).  Only a complete read may turn principals that were not seen
+into ``missing``.
 
 An AD directory is read incrementally when its watermark (``DirectoryWatermark``: the DC, its
 invocationId and the highestCommittedUSN read before the last successful read) can be trusted:
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import chain, islice
+from operator import itemgetter
 
 import structlog
 from sqlalchemy import and_, bindparam, delete, func, or_, select
@@ -163,14 +167,16 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
     if hasattr(reader, "stored_uids"):
         reader.stored_uids = lambda: _stored_uids(store, directory)
     for attempt in (1, 2):
+        read = _Read(reader.read(since=since) if tracks_usn else reader.read(), progress)
         try:
-            entries = _read_all(reader, progress, since if tracks_usn else None)
+            # The reader decides the mode (calls ``since``) before its first entry.
+            head = list(islice(read, 1))
+            mode = "incremental" if choice.usn is not None else "full"
+            if mode == "incremental":
+                entries: Iterable[DirectoryEntry] = head + list(read)  # all read before anything is applied
         except CalAgentError as exc:
-            _finish(store, sync_id, status="failed", error=str(exc), mode="incremental" if choice.usn else "full",
-                    reason=choice.reason)
-            log.error("sync.failed", directory=directory, error=str(exc))
+            _failed(store, directory, sync_id, exc, choice)
             raise
-        mode = "incremental" if choice.usn is not None else "full"
         if mode == "incremental" and attempt == 1:
             left = _left_scope(store, directory, getattr(reader, "out_of_scope", set()))
             force = None
@@ -189,22 +195,33 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
                     return None
                 continue
         break
-    dc = getattr(reader, "dc", None) if tracks_usn else None
-    new_watermark = None
-    if dc is not None and dc.invocation_id is not None:
-        new_watermark = dict(dc_host=dc.host, invocation_id=dc.invocation_id, highest_usn=dc.highest_usn,
-                             base_dn=reader.config.base_dn, bind_dn=reader.config.bind_dn, synced_at=now,
-                             full_sync_at=now if mode == "full" else watermark.full_sync_at,
-                             tombstone_lifetime_days=dc.tombstone_lifetime_days)
-    log.info("sync.mode", directory=directory, mode=mode, reason=choice.reason, entries=len(entries))
+    if mode == "full":
+        # A complete read is applied as it streams, in the one transaction of apply_entries: a read
+        # failing half way rolls back what was written of it, as a failed apply would.
+        entries = chain(head, read)
+
+    def new_watermark() -> dict | None:  # known once the read is over (a generic LDAP read's newest stamp)
+        dc = getattr(reader, "dc", None) if tracks_usn else None
+        if dc is None or dc.invocation_id is None:
+            return None
+        return dict(dc_host=dc.host, invocation_id=dc.invocation_id, highest_usn=dc.highest_usn,
+                    base_dn=reader.config.base_dn, bind_dn=reader.config.bind_dn, synced_at=now,
+                    full_sync_at=now if mode == "full" else watermark.full_sync_at,
+                    tombstone_lifetime_days=dc.tombstone_lifetime_days)
+    log.info("sync.mode", directory=directory, mode=mode, reason=choice.reason)
     try:
-        outcome = apply_entries(store, directory, sync_id, entries.values(), inactive_after_days=inactive_after_days,
+        outcome = apply_entries(store, directory, sync_id, entries, inactive_after_days=inactive_after_days,
                                 judge_at=judge_at, now=now, max_departures=max_departures,
                                 accept_departures=accept_departures, incremental=mode == "incremental",
                                 reason=choice.reason, watermark=new_watermark)
     except DeparturesHeld as exc:
         _finish(store, sync_id, status="held", error=str(exc), mode=mode, reason=choice.reason)
         log.error("sync.held", directory=directory, error=str(exc))
+        raise
+    except CalAgentError as exc:
+        if exc is not read.error:
+            raise
+        _failed(store, directory, sync_id, exc, choice)
         raise
     log.info("sync.finished", directory=directory, mode=mode, reason=choice.reason, read=outcome.read,
              users=outcome.users, groups=outcome.groups,
@@ -213,17 +230,46 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
     return outcome
 
 
-def _read_all(reader, progress, since) -> dict[str, DirectoryEntry]:
-    entries: dict[str, DirectoryEntry] = {}
-    stream = reader.read(since=since) if since is not None else reader.read()
-    for count, entry in enumerate(stream, start=1):
-        if progress is not None and count % 1000 == 0:
-            progress(count)
-        previous = entries.get(entry.guid)
-        # A live object wins over a tombstone with the same GUID (restored from the bin).
-        if previous is None or (previous.deleted and not entry.deleted):
-            entries[entry.guid] = entry
-    return entries
+class _Read:
+    """A directory read as it streams: each GUID once, and the read's own error kept (to tell it
+    from the store's).  Of two entries with one GUID the first live one wins, and a live object
+    wins over a tombstone (restored from the bin): tombstones wait for the end of the read."""
+
+    def __init__(self, stream: Iterable[DirectoryEntry], progress: Callable[[int], None] | None) -> None:
+        self._entries = self._unique(stream, progress)
+        self.error: CalAgentError | None = None
+
+    def __iter__(self) -> Iterator[DirectoryEntry]:
+        return self
+
+    def __next__(self) -> DirectoryEntry:
+        try:
+            return next(self._entries)
+        except CalAgentError as exc:
+            self.error = exc
+            raise
+
+    @staticmethod
+    def _unique(stream: Iterable[DirectoryEntry], progress) -> Iterator[DirectoryEntry]:
+        live: set[str] = set()
+        tombstones: dict[str, DirectoryEntry] = {}
+        for count, entry in enumerate(stream, start=1):
+            if progress is not None and count % 1000 == 0:
+                progress(count)
+            if entry.deleted:
+                tombstones.setdefault(entry.guid, entry)
+            elif entry.guid not in live:
+                live.add(entry.guid)
+                yield entry
+        for guid, entry in tombstones.items():
+            if guid not in live:
+                yield entry
+
+
+def _failed(store: Store, directory: str, sync_id: int, exc: CalAgentError, choice: ModeChoice) -> None:
+    _finish(store, sync_id, status="failed", error=str(exc), mode="incremental" if choice.usn else "full",
+            reason=choice.reason)
+    log.error("sync.failed", directory=directory, error=str(exc))
 
 
 def _stored_uids(store: Store, directory: str) -> dict[str, str]:
@@ -259,7 +305,7 @@ def _finish(store: Store, sync_id: int, *, status: str, error: str | None = None
 def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[DirectoryEntry], *,
                   inactive_after_days: int, judge_at: datetime, now: datetime, max_departures: int | None = None,
                   accept_departures: bool = True, incremental: bool = False, reason: str | None = None,
-                  watermark: dict | None = None) -> SyncOutcome:
+                  watermark: Callable[[], dict | None] | None = None) -> SyncOutcome:
     """Apply ``entries``: a complete read, or (``incremental``) only the entries that changed, the
     other stored principals keeping their values (their state is judged again, as a complete read
     would, since expiry and inactivity come with time).  ``watermark``: stored in the same transaction.
@@ -271,11 +317,13 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
     principal is kept (id, kind, state, DN key), so a complete re-read does not hold every stored
     principal as a row besides its entry.  Only columns whose values changed are updated, and
     ``last_seen`` by one statement per batch."""
-    entries = list(entries)
+    if incremental:
+        entries = list(entries)  # small; its memberships step needs them all
     outcome = SyncOutcome(directory=directory, sync_id=sync_id, status="ok",
-                          mode="incremental" if incremental else "full", reason=reason, read=len(entries))
+                          mode="incremental" if incremental else "full", reason=reason)
     events: list[tuple[str, str, str | None, str | None]] = []  # (guid, event, old, new)
     principals: dict[str, dict] = {}  # guid -> {id, kind, state, dn_key} of every principal read or re-judged
+    links = _LinkInputs()  # a complete read: what its memberships step needs of each entry, not the entry
     with store.session() as session:
         conn = session.connection()
         # The departure guard's base: after an incremental read, the active principals before
@@ -283,13 +331,16 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
         # turns departed (so a directory recovering from a bad read is judged against everyone).
         active_before = _count_active(conn, directory) if incremental else 0
         inserted: set[str] = set()
-        for start in range(0, len(entries), _BATCH):
-            batch = entries[start:start + _BATCH]
+        stream = iter(entries)
+        while batch := list(islice(stream, _BATCH)):
+            outcome.read += len(batch)
             rows = _load_principals(conn, directory, guids=[e.guid for e in batch])
             inserts: list[dict] = []
             updates: dict[str, dict] = {}  # guid -> changed columns of a stored principal
             for entry in batch:
                 _count_read(outcome, entry)
+                if not incremental:
+                    links.add(entry)
                 state, since = principal_state(entry, at=judge_at, inactive_after_days=inactive_after_days)
                 row = rows.get(entry.guid)
                 if row is None:
@@ -358,7 +409,7 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
         if incremental:
             _sync_memberships_incremental(conn, directory, entries, principals)
         else:
-            _sync_memberships(conn, directory, entries, principals)
+            _sync_memberships(conn, directory, links, principals)
         event_rows = []
         for guid, kind, old, new in events:
             event_rows.append({"sync_id": sync_id, "principal_id": principals[guid]["id"], "at": now, "event": kind,
@@ -377,12 +428,13 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
         sync.users, sync.groups, sync.computers = outcome.users, outcome.groups, outcome.computers
         sync.tombstones, sync.changes = outcome.tombstones, len(events)
         sync.mode, sync.reason = outcome.mode, reason
-        if watermark is not None:
+        new_watermark = watermark() if watermark is not None else None
+        if new_watermark is not None:
             stored = session.get(DirectoryWatermark, directory)
             if stored is None:
-                session.add(DirectoryWatermark(directory=directory, **watermark))
+                session.add(DirectoryWatermark(directory=directory, **new_watermark))
             else:
-                for key, value in watermark.items():
+                for key, value in new_watermark.items():
                     setattr(stored, key, value)
     return outcome
 
@@ -471,24 +523,30 @@ def _insert_rows(conn, table, rows: list[dict], columns: list[str] | None = None
         return
     # The dialect's own processors: times become SQLAlchemy's SQLite text form, as every other
     # write stores them (the driver's adapter would drop ".000000", and SQL comparisons are textual).
-    processors = [table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for name in columns]
-    converted: list[dict] = [{} for _ in columns]  # per column: value -> stored form
+    # Only the columns that have one are converted, each distinct value once; the others go as
+    # they are, the row's values taken in one call.
+    processed = []
+    for index, name in enumerate(columns):
+        process = table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        if process is not None:
+            processed.append((index, process, {}))  # {}: value -> stored form
+    values_of = itemgetter(*columns) if len(columns) > 1 else (lambda row, name=columns[0]: (row[name],))
     statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
     for start in range(0, len(rows), _BATCH):
         params = []
         for row in rows[start:start + _BATCH]:
-            values = []
-            for index, name in enumerate(columns):
-                value = row[name]
-                process = processors[index]
-                if value is not None and process is not None:
-                    seen = converted[index]
-                    stored = seen.get(value)
-                    if stored is None:
-                        stored = seen[value] = process(value)
-                    value = stored
-                values.append(value)
-            params.append(tuple(values))
+            values = values_of(row)
+            if processed:
+                values = list(values)
+                for index, process, seen in processed:
+                    value = values[index]
+                    if value is not None:
+                        stored = seen.get(value)
+                        if stored is None:
+                            stored = seen[value] = process(value)
+                        values[index] = stored
+                values = tuple(values)
+            params.append(values)
         conn.exec_driver_sql(statement, params)
 
 
@@ -610,39 +668,63 @@ def rds_licenses_from_json(text: str | None) -> tuple[RdsLicense, ...]:
     )
 
 
-def _sync_memberships(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, dict]) -> None:
+class _LinkInputs:
+    """What a complete read's memberships step needs of its live entries, kept as they stream by
+    instead of the entries themselves: group members, SIDs and gidNumbers, primary groups."""
+
+    def __init__(self) -> None:
+        self.live: list[str] = []  # GUIDs in read order: their DN keys resolve member DNs
+        self.members: list[tuple[str, tuple[str, ...]]] = []  # (group GUID, member DNs)
+        self.group_sids: list[tuple[str, str]] = []  # (group GUID, objectSid)
+        self.group_gids: list[tuple[str, int]] = []  # (group GUID, gidNumber)
+        self.primaries: list[tuple[str, EntryKind, int, str | None]] = []  # (GUID, kind, primary group, domain SID)
+
+    def add(self, entry: DirectoryEntry) -> None:
+        if entry.deleted:
+            return
+        self.live.append(entry.guid)
+        if entry.kind is EntryKind.GROUP:
+            if entry.members:
+                self.members.append((entry.guid, entry.members))
+            if entry.sid:
+                self.group_sids.append((entry.guid, entry.sid))
+            if entry.gid_number is not None:
+                self.group_gids.append((entry.guid, entry.gid_number))
+        if entry.primary_group_id is not None:
+            self.primaries.append((entry.guid, entry.kind, entry.primary_group_id, entry.domain_sid))
+
+
+def _sync_memberships(conn, directory: str, links: _LinkInputs, rows: dict[str, dict]) -> None:
     """Store direct memberships resolved to principal ids, changing only what differs."""
-    live = [e for e in entries if not e.deleted]
-    by_dn = {rows[e.guid]["dn_key"]: rows[e.guid]["id"] for e in live}  # keys computed when the rows were
-    group_by_sid = {e.sid: rows[e.guid]["id"] for e in live if e.kind is EntryKind.GROUP and e.sid}
+    by_dn = {rows[guid]["dn_key"]: rows[guid]["id"] for guid in links.live}  # keys computed when the rows were
+    group_by_sid = {sid: rows[guid]["id"] for guid, sid in links.group_sids}
     group_by_gid: dict[int, int] = {}
-    for e in live:
-        if e.kind is EntryKind.GROUP and e.gid_number is not None:
-            # Two posixGroups with one gidNumber: the oldest principal, as incremental syncs choose.
-            group_id = rows[e.guid]["id"]
-            group_by_gid[e.gid_number] = min(group_id, group_by_gid.get(e.gid_number, group_id))
+    for guid, gid_number in links.group_gids:
+        # Two posixGroups with one gidNumber: the oldest principal, as incremental syncs choose.
+        group_id = rows[guid]["id"]
+        group_by_gid[gid_number] = min(group_id, group_by_gid.get(gid_number, group_id))
     wanted: dict[tuple[int, int], bool] = {}
     unresolved = 0
-    for entry in live:
-        if entry.kind is EntryKind.GROUP:
-            group_id = rows[entry.guid]["id"]
-            for member_dn in entry.members:
-                member_id = by_dn.get(decode.dn_key(member_dn))
-                if member_id is None:
-                    unresolved += 1  # outside base_dn, a foreign security principal, or a contact
-                    continue
-                wanted.setdefault((group_id, member_id), False)
-        if entry.primary_group_id is not None and entry.domain_sid:
+    for guid, members in links.members:
+        group_id = rows[guid]["id"]
+        for member_dn in members:
+            member_id = by_dn.get(decode.dn_key(member_dn))
+            if member_id is None:
+                unresolved += 1  # outside base_dn, a foreign security principal, or a contact
+                continue
+            wanted.setdefault((group_id, member_id), False)
+    for guid, kind, primary_group_id, domain_sid in links.primaries:
+        if domain_sid:
             # The primary group is not listed in the group's `member` (MS-ADA3 primaryGroupID).
-            group_id = group_by_sid.get(f"{entry.domain_sid}-{entry.primary_group_id}")
+            group_id = group_by_sid.get(f"{domain_sid}-{primary_group_id}")
             if group_id is not None:
-                wanted[(group_id, rows[entry.guid]["id"])] = True
-        elif entry.primary_group_id is not None and entry.kind is EntryKind.USER and group_by_gid:
+                wanted[(group_id, rows[guid]["id"])] = True
+        elif kind is EntryKind.USER and group_by_gid:
             # Generic LDAP: a user's gidNumber names its primary posixGroup, which need not list
             # the user in memberUid (like AD's primaryGroupID).
-            group_id = group_by_gid.get(entry.primary_group_id)
+            group_id = group_by_gid.get(primary_group_id)
             if group_id is not None:
-                wanted[(group_id, rows[entry.guid]["id"])] = True
+                wanted[(group_id, rows[guid]["id"])] = True
     _apply_memberships(conn, _load_memberships(conn, directory), wanted, lambda key, via_primary: key not in wanted)
     if unresolved:
         log.debug("sync.unresolved_members", directory=directory, count=unresolved)
