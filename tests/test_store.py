@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -150,6 +151,30 @@ def test_a_read_failing_after_batches_were_written_changes_nothing(store):
         assert last.status == "failed" and "connection to dc1 lost" in last.error
 
 
+def test_readers_see_the_last_committed_state_while_a_complete_read_is_being_written(tmp_path):
+    # A complete read is written as it streams; on SQLite the write-ahead log lets `report`,
+    # `status` or an admin's sqlite3 shell read meanwhile instead of waiting for the whole sync.
+    store = Store(f"sqlite:///{tmp_path}/state.db")
+    sync(store, estate())
+    seen = []
+
+    class ReadWhileWriting(ListReader):
+        def read(self):
+            for i, entry in enumerate(self.entries):
+                if i == 11_000:  # two batches of 5,000 written, far more than SQLite's page cache
+                    other = sqlite3.connect(tmp_path / "state.db", timeout=0)
+                    try:
+                        seen.append(other.execute("SELECT count(*) FROM principals").fetchone()[0])
+                    finally:
+                        other.close()
+                yield entry
+
+    newcomers = [user(f"n{i:05d}", rid=20_000 + i) for i in range(12_000)]
+    run_sync(store, "corp", ReadWhileWriting([*estate(), *newcomers]), inactive_after_days=90, now=NOW)
+    assert seen == [len(estate())] and _count(store, Principal) == len(estate()) + 12_000
+    store.close()
+
+
 @pytest.mark.parametrize("tombstone_first", [True, False])
 def test_a_live_object_wins_over_its_tombstone_in_one_complete_read(store, tombstone_first):
     # Restored from the recycle bin while the read ran: the tombstone and the live object share
@@ -254,8 +279,6 @@ def test_progress_is_reported_every_thousand_entries(store):
 def test_upgrading_a_0005_store_fills_the_dn_keys_incremental_reads_look_up(tmp_path):
     # Principals stored before migration 0006 get their DN comparison key, or an incremental read
     # could not resolve a changed group's members to them.
-    import sqlite3
-
     from alembic import command
 
     from agent.store.db import alembic_config
@@ -277,7 +300,6 @@ def test_upgrading_a_0005_store_fills_the_dn_keys_incremental_reads_look_up(tmp_
 def test_state_and_reports_are_private_and_a_repeated_cycle_adds_no_rows(tmp_path):
     # Issue 7: state and reports name every employee (files 0600, folders 0700), and a cycle with
     # nothing changed writes no principal, membership or event row and reports no drift.
-    import sqlite3
     import stat
 
     from tests.test_register import Site
@@ -289,6 +311,14 @@ def test_state_and_reports_are_private_and_a_repeated_cycle_adds_no_rows(tmp_pat
     reports = tmp_path / "reports"
     assert stat.S_IMODE(reports.stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in reports.iterdir()} == {0o600}
+    # The write-ahead log and its index exist while the store is open: they hold the same data.
+    store = Store(f"sqlite:///{tmp_path / 'state' / 'cal.db'}")
+    with store.session() as session:
+        session.execute(select(func.count()).select_from(Principal))
+        logs = sorted(p.name for p in (tmp_path / "state").iterdir() if p.name.startswith("cal.db-"))
+        assert logs == ["cal.db-shm", "cal.db-wal"]
+        assert {stat.S_IMODE((tmp_path / "state" / name).stat().st_mode) for name in logs} == {0o600}
+    store.close()
 
     def rows() -> tuple[int, ...]:
         with sqlite3.connect(tmp_path / "state" / "cal.db") as db:

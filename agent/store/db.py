@@ -128,6 +128,13 @@ def _create_engine(url: str) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            # Write-ahead log: readers (`report`, `status`, an admin's sqlite3 shell) go on reading
+            # the last committed state while a sync writes, instead of waiting out its whole
+            # transaction (a complete read of 100,000 entries is written as it streams: ~15 s).
+            # Persistent in the file; the -wal and -shm files get the database file's permissions.
+            # The log is cut back to 64 MB after each checkpoint (a first sync writes ~100 MB).
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
             cursor.close()
 
         return engine
