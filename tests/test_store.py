@@ -7,6 +7,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select
@@ -431,6 +433,31 @@ def test_time_alone_changes_states_in_an_incremental_sync_as_a_complete_read_wou
               (90, 90, 120): {("active", "inactive"), ("active", "expired"), ("inactive", "expired")},
               }[(first_window, window, days_later)]
     assert wanted <= transitions
+
+
+_OFFSETS = st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=11)),
+                            timezone(timedelta(hours=23, minutes=59))])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.datetimes(timezones=_OFFSETS), st.datetimes()))
+def test_the_bulk_insert_writes_times_as_sqlalchemy_would(value):
+    # The bulk insert formats times itself (C calls, not SQLAlchemy's Python formatting): the text
+    # must be exactly what SQLAlchemy writes and reads on SQLite, naive times refused the same way.
+    from sqlalchemy.dialects import sqlite
+
+    from agent.store.models import UTCDateTime
+    from agent.store.sync import sqlite_time_text
+
+    dialect = sqlite.dialect()
+    expected_process = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    try:
+        expected = expected_process(value)
+    except (ValueError, OverflowError) as exc:
+        with pytest.raises(type(exc)):
+            sqlite_time_text(value)
+        return
+    assert sqlite_time_text(value) == expected
 
 
 def test_times_written_by_the_bulk_insert_compare_equal_in_sql(store):
