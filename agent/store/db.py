@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,7 +134,10 @@ def _create_engine(url: str) -> Engine:
             # transaction (a complete read of 100,000 entries is written as it streams: ~15 s).
             # Persistent in the file; the -wal and -shm files get the database file's permissions.
             # The log is cut back to 64 MB after each checkpoint (a first sync writes ~100 MB).
-            cursor.execute("PRAGMA journal_mode=WAL")
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                pass  # a read-only file (a copy, a read-only mount): read it in the mode it has
             cursor.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
             cursor.close()
 

@@ -175,8 +175,8 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
     if hasattr(reader, "stored_uids"):
         reader.stored_uids = lambda: _stored_uids(store, directory)
     for attempt in (1, 2):
-        read = _Read(reader.read(since=since) if tracks_usn else reader.read(), progress)
         try:
+            read = _Read(reader.read(since=since) if tracks_usn else reader.read(), progress)
             # The reader decides the mode (calls ``since``) before its first entry.
             head = list(islice(read, 1))
             mode = "incremental" if choice.usn is not None else "full"
@@ -231,6 +231,8 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
             raise
         _failed(store, directory, sync_id, exc, choice)
         raise
+    finally:
+        read.close()  # a store error half way: the directory connection is let go of now
     log.info("sync.finished", directory=directory, mode=mode, reason=choice.reason, read=outcome.read,
              users=outcome.users, groups=outcome.groups,
              computers=outcome.computers, tombstones=outcome.tombstones, changes=outcome.changes,
@@ -244,8 +246,13 @@ class _Read:
     wins over a tombstone (restored from the bin): tombstones wait for the end of the read."""
 
     def __init__(self, stream: Iterable[DirectoryEntry], progress: Callable[[int], None] | None) -> None:
+        self._stream = stream
         self._entries = self._unique(stream, progress)
         self.error: CalAgentError | None = None
+
+    def close(self) -> None:
+        self._entries.close()
+        getattr(self._stream, "close", lambda: None)()  # the reader's generator: its finally unbinds
 
     def __iter__(self) -> Iterator[DirectoryEntry]:
         return self
