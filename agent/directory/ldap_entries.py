@@ -195,13 +195,8 @@ def entry_from_attributes(dn: str, attrs: Mapping[str, list[bytes]], kind: Entry
     )
 
 
-def user_uids(raw: RawAttributes) -> list[str]:
-    """The lower-cased ``uid`` values of a user, for resolving posixGroup memberUid."""
-    return uids_of(normalise_attributes(raw))
-
-
 def uids_of(attrs: Mapping[str, list[bytes]]) -> list[str]:
-    """``user_uids`` for attributes already normalised."""
+    """The lower-cased ``uid`` values of a user (attributes normalised), for resolving posixGroup memberUid."""
     return [(decode.text(v) or "").strip().lower() for v in attrs.get("uid", ()) if v]
 
 
