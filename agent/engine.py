@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import defer
 
-from agent.compliance.model import DirectoryView, PrincipalKey, RdsPerUserCal, Reconciliation
+from agent.compliance.model import DirectoryView, PrincipalKey, RdsPerUserCal, Reconciliation, unless_lower
 from agent.compliance.model import Principal as RulePrincipal
 from agent.compliance.reconcile import reconcile
 from agent.config import ActiveDirectoryConfig, Config, LdapConfig, LdifConfig, duration_seconds
@@ -72,6 +72,11 @@ def _bulk_step() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+            # The cycles made meanwhile (a failed read's traceback and frames, SQLAlchemy's
+            # per-statement objects) go now, not when the next step has allocated on top of
+            # them: a first sync left ~30 MB of them at 100,000 users.  Quick once the step's
+            # own objects are gone.
+            gc.collect()
         _trim_heap()
 
 
@@ -128,6 +133,8 @@ def load_view(store: Store, directories: list[str]) -> DirectoryView:
     principals = []
     keys: dict[int, PrincipalKey] = {}
     intern = sys.intern
+    # One object per distinct time: every principal of a first sync has the same state_since.
+    moments: dict[datetime, datetime] = {}
     with store.session() as session:
         rows = session.execute(select(Principal.id, Principal.directory, Principal.guid, Principal.kind,
                                       Principal.name, Principal.dn, Principal.state, Principal.display_name,
@@ -136,7 +143,8 @@ def load_view(store: Store, directories: list[str]) -> DirectoryView:
         for pid, directory, guid, kind, name, dn, state, display_name, state_since, rds, key in rows:
             principal = RulePrincipal(
                 directory=intern(directory), guid=guid, kind=intern(kind), name=name, dn=dn, state=intern(state),
-                display_name=display_name, state_since=state_since, dn_key=key or "",
+                display_name=display_name, state_since=moments.setdefault(state_since, state_since),
+                other_dn_key=None if key is None else unless_lower(key, dn),
                 rds_cals=tuple(RdsPerUserCal(c.version, c.expires, c.license_server)
                                for c in rds_licenses_from_json(rds)) if rds and rds != "[]" else ())
             principals.append(principal)

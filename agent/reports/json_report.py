@@ -5,15 +5,61 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
-from agent.compliance.model import Finding, PrincipalRef, Reconciliation
+from agent.compliance.model import Finding, Principal, PrincipalLicences, PrincipalRef, Reconciliation
 
 SCHEMA_VERSION = 1
+
+
+class ReportRows(Sequence):
+    """A list of a built report (its findings, drift's new findings, its licences) whose dicts
+    are made from the reconciliation's objects when they are read, a batch at a time, instead of
+    all at once: at 100,000 users those dicts were ~85 MB, held while the report was gzip'd,
+    rendered and alerted on, though each reader needs only a few at a time.  Reads as a list of
+    the same dicts every time (a read-only one: each read makes new dicts, so changing one
+    changes nothing); the JSON text is the same as the list's."""
+
+    __slots__ = ("_items", "_make")
+    BATCH = 1000
+
+    def __init__(self, items: Sequence[Any], make: Callable[[Any, dict], dict[str, Any]]) -> None:
+        self._items = items
+        self._make = make  # (item, memo shared by one batch) -> its dict
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            memo: dict = {}
+            return [self._make(item, memo) for item in self._items[index]]
+        return self._make(self._items[index], {})
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(self._items), self.BATCH):
+            yield from self[start:start + self.BATCH]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ReportRows):
+            other = list(other)
+        return list(self) == other if isinstance(other, list) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  (a list is not hashable either)
+
+    def __repr__(self) -> str:
+        return f"ReportRows({len(self)} rows)"
+
+
+def _as_list(value: Any) -> list:
+    """orjson's ``default``: a ReportRows is written as the list it reads as."""
+    if isinstance(value, ReportRows):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def pretty_json(report: dict[str, Any]) -> bytes:
@@ -22,7 +68,7 @@ def pretty_json(report: dict[str, Any]) -> bytes:
     100,000-user report is ~120 MB: 8.5 s with the standard library's indenting encoder, which is
     pure Python; 0.3 s with orjson).  Reports are stored laid out in pieces (``pretty_chunks``);
     this is the whole-text form those pieces must add up to."""
-    return orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(report, default=_as_list, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
 # The stored form of a report (runs.report_gz): that same text, gzip'd.  JSON of this shape
@@ -46,7 +92,7 @@ def pretty_chunks(value: Any, depth: int = 0, batch: int = 1000) -> Iterator[byt
             yield (b",\n" if i else b"\n") + pad + b"  " + orjson.dumps(key) + b": "
             yield from pretty_chunks(item, depth + 1, batch)
         yield b"\n" + pad + b"}"
-    elif isinstance(value, list) and len(value) > batch:
+    elif isinstance(value, (list, ReportRows)) and len(value) > batch:
         yield b"["
         for start in range(0, len(value), batch):
             text = orjson.dumps(value[start:start + batch], option=orjson.OPT_INDENT_2)
@@ -54,7 +100,7 @@ def pretty_chunks(value: Any, depth: int = 0, batch: int = 1000) -> Iterator[byt
             yield (b"," if start else b"") + text[1:-2].replace(b"\n", b"\n" + pad)
         yield b"\n" + pad + b"]"
     else:
-        yield orjson.dumps(value, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n" + pad)
+        yield orjson.dumps(value, default=_as_list, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n" + pad)
     if depth == 0:
         yield b"\n"
 
@@ -99,14 +145,15 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _principal_dict(p: PrincipalRef) -> dict[str, Any]:
+def _principal_dict(p: PrincipalRef | Principal) -> dict[str, Any]:
     return {"kind": p.kind, "name": p.name, "directory": p.directory, "dn": p.dn, "display_name": p.display_name,
             "state": p.state, "guid": p.guid}
 
 
 def _once(memo: dict, key: Any, make) -> Any:
     """One value per distinct ``key``, shared wherever it recurs: a principal's dict in its
-    findings and its licences, and the few distinct `holds`/`needs` lists and finding details most
+    findings and its licences (keyed by the principal object's id: each is alive while the
+    report is built, and hashing a frozen dataclass hashes every field), and the few distinct `holds`/`needs` lists and finding details most
     principals have in common.  At 100,000 users the report's objects took ~100 MB more with a
     copy each; its text is the same either way.  Nothing changes a report once built, so sharing
     is safe."""
@@ -118,7 +165,7 @@ def _once(memo: dict, key: Any, make) -> Any:
 
 def finding_to_dict(f: Finding, memo: dict) -> dict[str, Any]:
     ref = f.principal
-    principal = _once(memo, ref, lambda: _principal_dict(ref)) if ref is not None else None
+    principal = _once(memo, id(ref), lambda: _principal_dict(ref)) if ref is not None else None
     return {
         "key": f.key,
         "kind": f.kind,
@@ -138,20 +185,34 @@ def finding_to_dict(f: Finding, memo: dict) -> dict[str, Any]:
     }
 
 
+def _licence_to_dict(entry: PrincipalLicences, memo: dict) -> dict[str, Any]:
+    return {
+        "principal": _once(memo, id(entry.principal), lambda: _principal_dict(entry.principal)),
+        "holds": _once(memo, ("holds", entry.holds), lambda: [
+            {"purchase": pid, "product": product, "version": version, "cal_type": cal_type}
+            for pid, product, version, cal_type in entry.holds]),
+        "needs": _once(memo, ("needs", entry.needs), lambda: [
+            {"product": product, "version": version, "cal_type": cal_type, "licensed": ok}
+            for product, version, cal_type, ok in entry.needs]),
+    }
+
+
 def build_report(result: Reconciliation, *, run_id: int, previous: dict[str, Any] | None,
                  directories: list[dict[str, Any]], generated_at: datetime,
                  inventory: dict[str, Any] | None = None, trend: list[dict[str, Any]] | None = None,
                  principal_changes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    memo: dict = {}
-    findings = [finding_to_dict(f, memo) for f in result.findings]
-    current_keys = {f["key"] for f in findings}
+    """The report of ``result``; its findings, new findings and licences are ``ReportRows``."""
+    findings = ReportRows(result.findings, finding_to_dict)
     if previous is None:
         new, resolved = findings, []
     else:
+        current_keys = {f.key for f in result.findings}
         previous_keys = {f["key"] for f in previous.get("findings", [])}
-        new = [f for f in findings if f["key"] not in previous_keys]
+        new = ReportRows(tuple(f for f in result.findings if f.key not in previous_keys), finding_to_dict)
         resolved = [f for f in previous.get("findings", []) if f["key"] not in current_keys]
-    by_kind = Counter(f["kind"] for f in findings)
+    by_kind = Counter(f.kind for f in result.findings)
+    errors = sum(1 for f in result.findings if f.severity == "error")
+    warnings = sum(1 for f in result.findings if f.severity == "warning")
     return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": iso(generated_at),
@@ -159,8 +220,8 @@ def build_report(result: Reconciliation, *, run_id: int, previous: dict[str, Any
         "compliant": result.compliant,
         "summary": {
             "findings": len(findings),
-            "errors": sum(1 for f in findings if f["severity"] == "error"),
-            "warnings": sum(1 for f in findings if f["severity"] == "warning"),
+            "errors": errors,
+            "warnings": warnings,
             "shortfall": result.shortfall,
             "by_kind": dict(sorted(by_kind.items())),
         },
@@ -183,22 +244,9 @@ def build_report(result: Reconciliation, *, run_id: int, previous: dict[str, Any
         ],
         "findings": findings,
         "drift": {"new": new, "resolved": resolved, "principals": principal_changes or []},
-        "licences": [
-            {
-                "principal": _once(memo, entry.principal, lambda: _principal_dict(entry.principal)),
-                "holds": _once(memo, ("holds", entry.holds), lambda: [
-                    {"purchase": pid, "product": product, "version": version, "cal_type": cal_type}
-                    for pid, product, version, cal_type in entry.holds]),
-                "needs": _once(memo, ("needs", entry.needs), lambda: [
-                    {"product": product, "version": version, "cal_type": cal_type, "licensed": ok}
-                    for product, version, cal_type, ok in entry.needs]),
-            }
-            for entry in result.licences
-        ],
+        "licences": ReportRows(result.licences, _licence_to_dict),
         "trend": (trend or []) + [{
             "run": run_id, "generated_at": iso(generated_at), "compliant": result.compliant,
-            "shortfall": result.shortfall, "findings": len(findings),
-            "errors": sum(1 for f in findings if f["severity"] == "error"),
-            "warnings": sum(1 for f in findings if f["severity"] == "warning"),
+            "shortfall": result.shortfall, "findings": len(findings), "errors": errors, "warnings": warnings,
         }],
     }

@@ -373,8 +373,8 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
             stored_ids = [row["id"] for row in rows.values() if row["id"] is not None]
             _write_principals(conn, rows, inserts, updates)
             _touch(conn, stored_ids, now)
-            for guid, row in rows.items():
-                principals[guid] = _kept(row)
+            for entry in batch:  # keyed by the entry's GUID string, the one the memberships step keeps too
+                principals[entry.guid] = _kept(rows[entry.guid])
         later: dict[str, dict] = {}  # state changes of principals not read
         if incremental:
             # Unchanged in the directory, but expiry and inactivity come with time: judge the
@@ -400,14 +400,14 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                     continue
                 events.append((guid, "state", state, PrincipalState.MISSING.value))
                 later[guid] = {"state": PrincipalState.MISSING.value, "state_since": now}
-                principals[guid] = {"id": pid, "kind": kind, "state": PrincipalState.MISSING.value, "dn_key": None}
+                principals[guid] = _Kept(pid, kind, PrincipalState.MISSING.value, None)
         departures = {guid: new for guid, kind, old, new in events
                       if kind == "state" and old == PrincipalState.ACTIVE.value and new in _DEPARTED
-                      and principals[guid]["kind"] != EntryKind.GROUP.value}
+                      and principals[guid].kind != EntryKind.GROUP.value}
         if not incremental:
             active_before = sum(1 for guid, p in principals.items()
-                                if guid not in inserted and p["kind"] != EntryKind.GROUP.value
-                                and (p["state"] == PrincipalState.ACTIVE.value or guid in departures))
+                                if guid not in inserted and p.kind != EntryKind.GROUP.value
+                                and (p.state == PrincipalState.ACTIVE.value or guid in departures))
         limit = departure_limit(active_before, max_departures)
         if departures and len(departures) > limit and not accept_departures:
             by_state: dict[str, int] = {}
@@ -420,14 +420,14 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 f"departed ({detail}), more than the limit of {limit}; nothing was changed",
                 hint="if a DC, filter or base_dn problem caused this, fix it; if the departures are real, run "
                 "`cal-agent sync --accept-departures` once (or raise directories[].max_departures)")
-        _write_principals(conn, principals, [], later)
+        _write_principals(conn, {guid: {"id": principals[guid].id} for guid in later}, [], later)
         if incremental:
             _sync_memberships_incremental(conn, directory, entries, principals)
         else:
             _sync_memberships(conn, directory, links, principals)
         event_rows = []
         for guid, kind, old, new in events:
-            event_rows.append({"sync_id": sync_id, "principal_id": principals[guid]["id"], "at": now, "event": kind,
+            event_rows.append({"sync_id": sync_id, "principal_id": principals[guid].id, "at": now, "event": kind,
                                "old": old, "new": new})
             key = kind if kind != "state" else f"became_{new}"
             outcome.events[key] = outcome.events.get(key, 0) + 1
@@ -493,9 +493,19 @@ def _compare(row: dict, entry: DirectoryEntry, state: str, state_since: datetime
     return changed
 
 
-def _kept(row: dict) -> dict:
-    """What the steps after a batch need of a principal."""
-    return {"id": row["id"], "kind": row["kind"], "state": row["state"], "dn_key": _stored_dn_key(row)}
+@dataclass(slots=True)
+class _Kept:
+    """What the steps after a batch need of a principal (125,000 of these through a complete
+    read: a dict each was ~20 MB more)."""
+
+    id: int
+    kind: str
+    state: str
+    dn_key: str | None
+
+
+def _kept(row: dict) -> _Kept:
+    return _Kept(row["id"], row["kind"], row["state"], _stored_dn_key(row))
 
 
 def _stored_dn_key(row: dict) -> str:
@@ -735,14 +745,14 @@ class _LinkInputs:
             self.primaries.append((entry.guid, entry.kind, entry.primary_group_id, entry.domain_sid))
 
 
-def _sync_memberships(conn, directory: str, links: _LinkInputs, rows: dict[str, dict]) -> None:
+def _sync_memberships(conn, directory: str, links: _LinkInputs, rows: dict[str, _Kept]) -> None:
     """Store direct memberships resolved to principal ids, changing only what differs."""
-    by_dn = {rows[guid]["dn_key"]: rows[guid]["id"] for guid in links.live}  # keys computed when the rows were
-    group_by_sid = {sid: rows[guid]["id"] for guid, sid in links.group_sids}
+    by_dn = {rows[guid].dn_key: rows[guid].id for guid in links.live}  # keys computed when the rows were
+    group_by_sid = {sid: rows[guid].id for guid, sid in links.group_sids}
     group_by_gid: dict[int, int] = {}
     for guid, gid_number in links.group_gids:
         # Two posixGroups with one gidNumber: the oldest principal, as incremental syncs choose.
-        group_id = rows[guid]["id"]
+        group_id = rows[guid].id
         group_by_gid[gid_number] = min(group_id, group_by_gid.get(gid_number, group_id))
     wanted, unresolved = _wanted_links(links, rows, by_dn, group_by_sid, group_by_gid)
     _apply_memberships(conn, _load_memberships(conn, directory), wanted, lambda key, via_primary: key not in wanted)
@@ -750,14 +760,14 @@ def _sync_memberships(conn, directory: str, links: _LinkInputs, rows: dict[str, 
         log.debug("sync.unresolved_members", directory=directory, count=unresolved)
 
 
-def _wanted_links(links: _LinkInputs, rows: dict[str, dict], by_dn: dict[str, int], group_by_sid: dict[str, int],
+def _wanted_links(links: _LinkInputs, rows: dict[str, _Kept], by_dn: dict[str, int], group_by_sid: dict[str, int],
                   group_by_gid: dict[int, int]) -> tuple[dict[tuple[int, int], bool], int]:
     """The direct memberships ``links`` ask for, as {(group id, member id): via primary group},
     and how many member DNs resolved to no principal."""
     wanted: dict[tuple[int, int], bool] = {}
     unresolved = 0
     for guid, members in links.members:
-        group_id = rows[guid]["id"]
+        group_id = rows[guid].id
         for member_dn in members:
             member_id = by_dn.get(decode.dn_key(member_dn))
             if member_id is None:
@@ -769,13 +779,13 @@ def _wanted_links(links: _LinkInputs, rows: dict[str, dict], by_dn: dict[str, in
             # The primary group is not listed in the group's `member` (MS-ADA3 primaryGroupID).
             group_id = group_by_sid.get(f"{domain_sid}-{primary_group_id}")
             if group_id is not None:
-                wanted[(group_id, rows[guid]["id"])] = True
+                wanted[(group_id, rows[guid].id)] = True
         elif kind is EntryKind.USER and group_by_gid:
             # Generic LDAP: a user's gidNumber names its primary posixGroup, which need not list
             # the user in memberUid (like AD's primaryGroupID).
             group_id = group_by_gid.get(primary_group_id)
             if group_id is not None:
-                wanted[(group_id, rows[guid]["id"])] = True
+                wanted[(group_id, rows[guid].id)] = True
     return wanted, unresolved
 
 
@@ -812,13 +822,13 @@ def _apply_memberships(conn, current: dict[tuple[int, int], bool], wanted: dict[
                                                for (g, mem), v in wanted.items() if (g, mem) not in current])
 
 
-def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, dict]) -> None:
+def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, _Kept]) -> None:
     """Memberships after an incremental read: a changed group's direct members are replaced by its
     `member` values (read in full); a changed principal's primary-group link is recomputed; links
     of deleted principals go.  Member DNs resolve against every stored principal (as updated)."""
-    gone = {rows[e.guid]["id"] for e in entries if e.deleted}
-    changed_groups = {rows[e.guid]["id"] for e in entries if not e.deleted and e.kind is EntryKind.GROUP}
-    changed = {rows[e.guid]["id"] for e in entries if not e.deleted}
+    gone = {rows[e.guid].id for e in entries if e.deleted}
+    changed_groups = {rows[e.guid].id for e in entries if not e.deleted and e.kind is EntryKind.GROUP}
+    changed = {rows[e.guid].id for e in entries if not e.deleted}
     # Only the member DNs of the changed groups are looked up (indexed dn_key), and the groups by
     # SID only when a changed principal has a primary group: not every stored principal.
     p = _PRINCIPALS.c
@@ -841,7 +851,7 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
     # A changed posixGroup's primary members are recomputed from the stored gidNumbers, and so is
     # the primary group of every user it held that way (its gidNumber may have moved away); AD
     # groups' primary links come from their members' primaryGroupID and stay.
-    posix_groups = {rows[e.guid]["id"] for e in entries
+    posix_groups = {rows[e.guid].id for e in entries
                     if not e.deleted and e.kind is EntryKind.GROUP and not e.sid}
     relinked: set[int] = set()
     ordered = sorted(posix_groups)
@@ -873,7 +883,7 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
     _apply_memberships(conn, current, wanted_now, drop)
 
 
-def _primary_posix_groups(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, dict],
+def _primary_posix_groups(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, _Kept],
                           wanted: dict[tuple[int, int], bool], relinked: set[int]) -> None:
     """Generic LDAP, incremental: a changed user's gidNumber links it to the posixGroup with that
     gidNumber, a changed posixGroup gets its primary members back, and the ``relinked`` users
@@ -892,7 +902,7 @@ def _primary_posix_groups(conn, directory: str, entries: list[DirectoryEntry], r
     for entry in users:
         group_id = group_by_gid.get(entry.primary_group_id)
         if group_id is not None:
-            wanted[(group_id, rows[entry.guid]["id"])] = True
+            wanted[(group_id, rows[entry.guid].id)] = True
     ids = sorted(relinked)
     for start in range(0, len(ids), _BATCH):
         stmt = select(p.id, p.primary_group_id).where(live, p.id.in_(ids[start:start + _BATCH]),
