@@ -33,11 +33,11 @@ from agent.directory import make_reader
 from agent.errors import CalAgentError, InventoryError, NoDataError, StoreError
 from agent.inventory.ledger import Ledger
 from agent.inventory.register import Inventory, load_inventory
-from agent.reports.json_report import (DamagedReport, build_report, gunzipped_chunks, gzip_report, iso,
-                                       report_from_gzip)
+from agent.reports.json_report import (Baseline, DamagedReport, build_report, gunzipped_chunks, gzip_report, iso,
+                                       report_from_gzip, stored_findings)
 from agent.store.db import Store
 from agent.store.models import Membership, Principal, PrincipalEvent, Run, RunFinding, SyncRun
-from agent.store.sync import SyncOutcome, rds_licenses_from_json, run_sync
+from agent.store.sync import SyncOutcome, insert_rows, rds_licenses_from_json, run_sync
 
 log = structlog.get_logger("agent.engine")
 
@@ -222,43 +222,68 @@ def reconcile_and_record(config: Config, store: Store, *, now: datetime | None =
                        rules=config.rules)
     del view  # the report is built from the result alone: free the principals first (~70 MB at 100,000 users)
     with store.session() as session:
-        # The stored report is deferred: loaded only if drift needs it (_previous_for_drift).
+        # The stored report is deferred: loaded only if drift needs it (_drift_baseline).
         previous_run = session.scalars(select(Run).options(defer(Run.report_gz)).order_by(Run.id.desc()).limit(1)).first()
-        previous = _previous_for_drift(session, previous_run, {f.key for f in result.findings})
         run = Run(created_at=now, compliant=result.compliant, findings=len(result.findings), errors=0, warnings=0,
                   shortfall=result.shortfall, report_gz=b"")
         session.add(run)
         session.flush()
-        report = build_report(result, run_id=run.id, previous=previous, directories=status, generated_at=now,
+        for start in range(0, len(result.findings), 5000):  # one executemany per batch, not one ORM object each
+            insert_rows(session.connection(), RunFinding.__table__, [
+                {"run_id": run.id, "key": f.key, "kind": f.kind, "severity": f.severity}
+                for f in result.findings[start:start + 5000]])
+        baseline = _drift_baseline(session, previous_run, run.id)
+        report = build_report(result, run_id=run.id, previous=baseline, directories=status, generated_at=now,
                               inventory=inventory_info, trend=_trend(session, before=run.id),
                               principal_changes=_principal_changes(session, previous_run, config))
         run.report_gz = report_gz = gzip_report(report)
         run.errors, run.warnings = report["summary"]["errors"], report["summary"]["warnings"]
-        for start in range(0, len(result.findings), 5000):  # one executemany per batch, not one ORM object each
-            session.execute(RunFinding.__table__.insert(), [
-                {"run_id": run.id, "key": f.key, "kind": f.kind, "severity": f.severity}
-                for f in result.findings[start:start + 5000]])
         run_id = run.id
     log.info("reconcile.finished", run=run_id, compliant=result.compliant, findings=len(result.findings),
              shortfall=result.shortfall, new=len(report["drift"]["new"]), resolved=len(report["drift"]["resolved"]))
     return RunResult(run_id=run_id, reconciliation=result, report=report, report_gz=report_gz)
 
 
-def _previous_for_drift(session, previous_run: Run | None, current_keys: set[str]) -> dict[str, Any] | None:
-    """What build_report needs of the previous run to compute drift.  Its finding keys come from
-    run_findings; its whole stored report (120 MB of JSON text at 100,000 users) is read only when
-    some of its findings were resolved, since only those are listed in full."""
+def _drift_baseline(session, previous_run: Run | None, run_id: int) -> Baseline | None:
+    """What drift is measured against: which of run ``run_id``'s finding keys (stored already)
+    the previous run had not, and the previous run's findings this one no longer has.  Both sides
+    are compared in SQL, on run_findings, instead of as two sets of 70,000 keys in memory at
+    100,000 users; the resolved findings are read out of the previous stored report (120 MB of
+    JSON text at that size) one at a time, and only they are kept, only when there are some."""
     if previous_run is None:
         return None
-    keys = set(session.scalars(select(RunFinding.key).where(RunFinding.run_id == previous_run.id)))
-    if keys - current_keys or not keys and previous_run.findings:
+    current = select(RunFinding.key).where(RunFinding.run_id == run_id)
+    before = select(RunFinding.key).where(RunFinding.run_id == previous_run.id)
+    if previous_run.findings and session.scalar(before.limit(1)) is None:
+        # Its finding keys were not stored (pruned rows, or a store from before run_findings):
+        # they come from its report.
         try:
-            return report_from_gzip(previous_run.report_gz)
+            keys = {f["key"] for f in stored_findings(previous_run.report_gz)}
         except DamagedReport as exc:
-            # Drift still comes out (from the keys); the resolved findings are listed by key only.
-            log.warning("report.previous_damaged", run=previous_run.id, error=str(exc),
-                        why="its stored report cannot be read; resolved findings are listed without details")
-    return {"run": {"id": previous_run.id}, "findings": [{"key": key} for key in keys]}
+            _previous_damaged(previous_run, exc)
+            keys = set()
+        now = set(session.scalars(current))
+        new, gone = now - keys, keys - now
+    else:
+        new = set(session.scalars(current.except_(before)))
+        gone = set(session.scalars(before.except_(current)))
+    resolved: list[dict[str, Any]] = []
+    if gone:
+        try:
+            resolved = list(stored_findings(previous_run.report_gz, gone))  # in that report's order
+        except DamagedReport as exc:
+            _previous_damaged(previous_run, exc)
+            resolved = []
+        listed = {f["key"] for f in resolved}
+        # Listed by key only when its report does not have them (damaged, or changed behind our back).
+        resolved += [{"key": key} for key in sorted(gone - listed)]
+    return Baseline(run_id=previous_run.id, new_keys=new, resolved=resolved)
+
+
+def _previous_damaged(previous_run: Run, exc: Exception) -> None:
+    # Drift still comes out (from the keys); the resolved findings are listed by key only.
+    log.warning("report.previous_damaged", run=previous_run.id, error=str(exc),
+                why="its stored report cannot be read; resolved findings are listed without details")
 
 
 TREND_RUNS = 60  # runs shown in the report's trend chart

@@ -96,6 +96,28 @@ def test_migrations_produce_exactly_the_models(store):
     assert diff == []
 
 
+def test_the_head_revision_a_store_is_opened_at_without_alembic_is_the_newest_migration(tmp_path):
+    # Store() skips importing Alembic when the schema is at HEAD_REVISION: a constant that must
+    # follow the migrations, or a store one migration behind would be opened unmigrated.
+    from alembic.script import ScriptDirectory
+
+    from agent.store.db import HEAD_REVISION, alembic_config
+
+    assert HEAD_REVISION == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    Store(url)  # migrated from nothing
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", url)
+    command.downgrade(config, "-1")
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() != [(HEAD_REVISION,)]
+    Store(url)  # one behind: migrated again
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD_REVISION,)]
+
+
 def test_lifecycle_states_from_a_complete_read(store):
     outcome = sync(store, estate())
     assert (outcome.users, outcome.groups, outcome.status) == (5, 3, "ok")

@@ -364,7 +364,12 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
     findings += _rds_over_issued(view, inventory, today)
     licences = _licence_view(wants, held, index)
     del index, held, wants  # the look-ups (~40 MB at 100,000 principals) go before the sort
-    return Reconciliation(products=products, findings=tuple(sorted(set(findings), key=_finding_order)),
+    findings = list(set(findings))
+    # The order of _finding_order, then by key: sorted by the key first (stable sorts), so the key
+    # strings are made for one sort and gone before the other's tuples are.
+    findings.sort(key=Finding.key.fget)
+    findings.sort(key=_finding_order)
+    return Reconciliation(products=products, findings=tuple(findings),
                           licences=licences)
 
 
@@ -654,6 +659,7 @@ _SEVERITY_ORDER = {m.ERROR: 0, m.WARNING: 1}
 
 
 def _finding_order(f: Finding):
+    """Errors first, then by what the finding is about; ties by key (a sort before this one)."""
     return (_SEVERITY_ORDER.get(f.severity, 2), f.kind, f.product or "", f.version or "", f.cal_type or "",
             f.principal.directory or "" if f.principal else "", _folded(f.principal.name) if f.principal else "",
-            f.purchase or "", f.key)
+            f.purchase or "")

@@ -184,7 +184,8 @@ class LdapReader(ActiveDirectoryReader):
                     elif stamp is not None and (newest is None or stamp > newest):
                         newest = stamp
                     counts[kind] += 1
-                    seen.add(entry.guid)
+                    if watermark is not None:  # only an incremental read looks for what it did not return
+                        seen.add(entry.guid)
                     yield entry
                 pages += last_page
             if watermark is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -375,6 +376,7 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
             _touch(conn, stored_ids, now)
             for entry in batch:  # keyed by the entry's GUID string, the one the memberships step keeps too
                 principals[entry.guid] = _kept(rows[entry.guid])
+            del rows, inserts, updates, batch  # not held through the steps below
         later: dict[str, dict] = {}  # state changes of principals not read
         if incremental:
             # Unchanged in the directory, but expiry and inactivity come with time: judge the
@@ -431,7 +433,7 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                                "old": old, "new": new})
             key = kind if kind != "state" else f"became_{new}"
             outcome.events[key] = outcome.events.get(key, 0) + 1
-        _insert_rows(conn, PrincipalEvent.__table__, event_rows)
+        insert_rows(conn, PrincipalEvent.__table__, event_rows)
         sync = session.get(SyncRun, sync_id)
         sync.status = "ok"
         sync.finished_at = datetime.now(timezone.utc)
@@ -505,7 +507,9 @@ class _Kept:
 
 
 def _kept(row: dict) -> _Kept:
-    return _Kept(row["id"], row["kind"], row["state"], _stored_dn_key(row))
+    # Kinds and states as one string each (sys.intern), not two new ones per stored row read back
+    # (~13 MB at 100,000 principals).
+    return _Kept(row["id"], sys.intern(row["kind"]), sys.intern(row["state"]), _stored_dn_key(row))
 
 
 def _stored_dn_key(row: dict) -> str:
@@ -533,7 +537,7 @@ def _executemany(conn, statement, rows: list[dict]) -> None:
         conn.execute(statement, rows[start:start + _BATCH])
 
 
-def _insert_rows(conn, table, rows: list[dict], columns: list[str] | None = None) -> None:
+def insert_rows(conn, table, rows: list[dict], columns: list[str] | None = None) -> None:
     """Insert ``rows`` (dicts with the same keys; ``columns``: only these of them).  On SQLite,
     straight through the driver with each value converted by its column type once per distinct
     value: SQLAlchemy's per-row parameter processing was two thirds of writing a first sync's
@@ -671,7 +675,7 @@ def _write_principals(conn, rows: dict[str, dict], inserts: list[dict], updates:
 def _insert_principals(conn, rows: dict[str, dict], inserts: list[dict]) -> None:
     highest = select(func.max(_PRINCIPALS.c.id))
     before = (conn.execute(highest).scalar() or 0) if conn.dialect.name == "sqlite" else None
-    _insert_rows(conn, _PRINCIPALS, inserts, [name for name in inserts[0] if name != "id"])
+    insert_rows(conn, _PRINCIPALS, inserts, [name for name in inserts[0] if name != "id"])
     if before is not None and conn.execute(highest).scalar() == before + len(inserts):
         # SQLite gives a new row the largest id plus one (https://sqlite.org/autoinc.html) and
         # nothing else writes in this transaction: the new ids follow on, in insert order.
@@ -728,7 +732,14 @@ class _LinkInputs:
         self.members: list[tuple[str, tuple[str, ...]]] = []  # (group GUID, member DNs)
         self.group_sids: list[tuple[str, str]] = []  # (group GUID, objectSid)
         self.group_gids: list[tuple[str, int]] = []  # (group GUID, gidNumber)
-        self.primaries: list[tuple[str, EntryKind, int, str | None]] = []  # (GUID, kind, primary group, domain SID)
+        # The primary groups (GUID, kind, primary group id, domain SID), as four lists instead of a
+        # tuple each, the ids and domain SIDs one object per distinct value: nearly every user has
+        # one, the same few (~10 MB of tuples, ints and SID strings at 100,000 users).
+        self._primary_guids: list[str] = []
+        self._primary_kinds: list[EntryKind] = []
+        self._primary_ids: list[int] = []
+        self._primary_domains: list[str | None] = []
+        self._same: dict = {}
 
     def add(self, entry: DirectoryEntry) -> None:
         if entry.deleted:
@@ -742,7 +753,16 @@ class _LinkInputs:
             if entry.gid_number is not None:
                 self.group_gids.append((entry.guid, entry.gid_number))
         if entry.primary_group_id is not None:
-            self.primaries.append((entry.guid, entry.kind, entry.primary_group_id, entry.domain_sid))
+            same = self._same
+            self._primary_guids.append(entry.guid)
+            self._primary_kinds.append(entry.kind)
+            self._primary_ids.append(same.setdefault(entry.primary_group_id, entry.primary_group_id))
+            domain = entry.domain_sid
+            self._primary_domains.append(same.setdefault(domain, domain))
+
+    def primaries(self) -> Iterator[tuple[str, EntryKind, int, str | None]]:
+        """(GUID, kind, primary group id, domain SID) of each live entry that has a primary group."""
+        return zip(self._primary_guids, self._primary_kinds, self._primary_ids, self._primary_domains)
 
 
 def _sync_memberships(conn, directory: str, links: _LinkInputs, rows: dict[str, _Kept]) -> None:
@@ -774,7 +794,7 @@ def _wanted_links(links: _LinkInputs, rows: dict[str, _Kept], by_dn: dict[str, i
                 unresolved += 1  # outside base_dn, a foreign security principal, or a contact
                 continue
             wanted.setdefault((group_id, member_id), False)
-    for guid, kind, primary_group_id, domain_sid in links.primaries:
+    for guid, kind, primary_group_id, domain_sid in links.primaries():
         if domain_sid:
             # The primary group is not listed in the group's `member` (MS-ADA3 primaryGroupID).
             group_id = group_by_sid.get(f"{domain_sid}-{primary_group_id}")
@@ -818,7 +838,7 @@ def _apply_memberships(conn, current: dict[tuple[int, int], bool], wanted: dict[
     where = and_(m.group_id == bindparam("g"), m.member_id == bindparam("m"))
     _executemany(conn, _MEMBERSHIPS.delete().where(where), deletes)
     _executemany(conn, _MEMBERSHIPS.update().where(where).values(via_primary=bindparam("v")), flips)
-    _insert_rows(conn, _MEMBERSHIPS, [{"group_id": g, "member_id": mem, "via_primary": v}
+    insert_rows(conn, _MEMBERSHIPS, [{"group_id": g, "member_id": mem, "via_primary": v}
                                                for (g, mem), v in wanted.items() if (g, mem) not in current])
 
 
@@ -843,7 +863,7 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
                 .order_by(p.id))  # two live rows with one DN (deleted and re-created): the newer wins
         by_dn.update({key: pid for key, pid in conn.execute(stmt)})
     group_by_sid: dict[str, int] = {}
-    if any(domain_sid for _guid, _kind, _primary, domain_sid in links.primaries):
+    if any(domain_sid for _guid, _kind, _primary, domain_sid in links.primaries()):
         stmt = select(p.sid, p.id).where(live, p.kind == EntryKind.GROUP.value, p.sid.is_not(None))
         group_by_sid = {sid: pid for sid, pid in conn.execute(stmt)}
     # posixGroup primary links are recomputed from the stored gidNumbers below, not from this read.
