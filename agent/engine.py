@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import defer
 
-from agent.compliance.model import DirectoryView, PrincipalKey, RdsPerUserCal, Reconciliation, unless_lower
+from agent.compliance.model import DirectoryView, MemberPairs, PrincipalKey, RdsPerUserCal, Reconciliation
 from agent.compliance.model import Principal as RulePrincipal
 from agent.compliance.reconcile import reconcile
 from agent.config import ActiveDirectoryConfig, Config, LdapConfig, LdifConfig, duration_seconds
@@ -144,14 +144,20 @@ def load_view(store: Store, directories: list[str]) -> DirectoryView:
             principal = RulePrincipal(
                 directory=intern(directory), guid=guid, kind=intern(kind), name=name, dn=dn, state=intern(state),
                 display_name=display_name, state_since=moments.setdefault(state_since, state_since),
-                other_dn_key=None if key is None else unless_lower(key, dn),
+                key_of_dn=key,
                 rds_cals=tuple(RdsPerUserCal(c.version, c.expires, c.license_server)
                                for c in rds_licenses_from_json(rds)) if rds and rds != "[]" else ())
             principals.append(principal)
             keys[pid] = principal.key
         members = session.execute(select(Membership.group_id, Membership.member_id)
                                   .execution_options(yield_per=5000))
-        memberships = tuple((keys[g], keys[m]) for g, m in members if g in keys and m in keys)
+        groups, member_keys = [], []
+        for g, m in members:
+            if g in keys and m in keys:
+                groups.append(keys[g])
+                member_keys.append(keys[m])
+        del keys
+        memberships = MemberPairs(groups, member_keys)
     return DirectoryView(principals=tuple(principals), memberships=memberships, directories=tuple(directories))
 
 

@@ -163,6 +163,33 @@ def test_a_damaged_stored_report_of_the_last_alerted_run_does_not_stop_alerts(tm
     assert "Stale assignment: max" in parts(second)[0]
 
 
+def test_a_baseline_report_found_damaged_half_way_through_its_findings_does_not_stop_alerts(
+        tmp_path, database_url, smtp_server):
+    # A baseline's findings are read out of its stored text as alerting goes (a parsed 100,000-user
+    # report is ~1 GB); one whose start reads but whose findings break off half way must count as
+    # missing too, not end the cycle in a traceback.
+    import gzip
+
+    from agent.reports.json_report import stored_header
+    from agent.store.models import Run
+
+    site = AlertSite(tmp_path, database_url, smtp_alerts(smtp_server, triggers={"stale_after_days": 0}))
+    site.run("run", "--once")
+    store = engine.open_store(load_config(site.config))
+    with store.session() as session:
+        text = gzip.decompress(session.scalars(select(Run.report_gz).where(Run.id == 1)).one())
+        at = text.index(b'"findings": [') + 200
+        cut = gzip.compress(text[:at])
+        assert stored_header(cut)["run"]["id"] == 1  # its start reads
+        session.execute(update(Run).where(Run.id == 1).values(report_gz=cut))
+    store.close()
+    site.add_leaver("max", "PO-2")
+    proc = site.run("run", "--once", expect=None)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    assert "alerts: 1 email queued, sent" in proc.stdout
+    assert "Stale assignment: max" in parts(smtp_server.messages()[1])[0]
+
+
 def test_a_new_leaver_holding_a_seat_sends_one_mail_naming_only_it(tmp_path, database_url, smtp_server):
     site = AlertSite(tmp_path, database_url, smtp_alerts(smtp_server, triggers={"stale_after_days": 0}))
     site.run("run", "--once")
@@ -693,6 +720,16 @@ def test_the_email_lists_at_most_a_hundred_findings_and_points_to_the_attachment
     assert all(len(line) <= 998 for line in message.email_bytes(msg).split(b"\r\n"))
     payload = message.slack_payload(alert)["text"]
     assert "u009" in payload and "u010" not in payload and "120 more" in payload
+
+
+def test_on_always_the_heading_counts_every_finding_and_the_new_ones_beyond_those_listed():
+    # The email lists a hundred; the counts are of them all (the findings are read as listed).
+    found = [finding("unlicensed_user", f"u{i:03d}") for i in range(130)]
+    r1 = rep(1, None, found[:120])
+    alert = evaluate(rep(2, r1, found), r1, cfg(on="always"))
+    v = message.view(alert)
+    assert v["heading"] == "130 findings need attention (10 new)"
+    assert len(v["findings"]) == 100 and v["more"] == 30 and not any(f["new"] for f in v["findings"])
 
 
 def test_alert_secrets_appear_in_no_output_log_report_or_file(tmp_path, smtp_server, webhook_server, monkeypatch):

@@ -298,6 +298,13 @@ def test_property_required_equals_active_principals_in_scope_and_is_deterministi
     reversed_view = DirectoryView(principals=tuple(reversed(view.principals)),
                                   memberships=tuple(reversed(view.memberships)), directories=view.directories)
     assert reconcile(reversed_view, [req(group="all")], inv, today=TODAY) == result
+    # The store's view holds memberships as MemberPairs (two tuples of keys): the same pairs.
+    from agent.compliance.model import MemberPairs
+
+    pairs = MemberPairs([g for g, _m in view.memberships], [m for _g, m in view.memberships])
+    assert pairs == view.memberships and list(pairs) == list(view.memberships) and len(pairs) == len(view.memberships)
+    paired_view = DirectoryView(principals=view.principals, memberships=pairs, directories=view.directories)
+    assert reconcile(paired_view, [req(group="all")], inv, today=TODAY) == result
 
 
 def test_the_json_report_gives_each_finding_its_own_details():
@@ -335,3 +342,18 @@ def test_equal_but_differently_typed_details_keep_their_types_in_the_json_report
                                                            details=(("days_left", True),))))
     report = build_report(result, run_id=1, previous=None, directories=[], generated_at=datetime.now(timezone.utc))
     assert [json.dumps(f["details"]) for f in report["findings"]] == ['{"days_left": 1}', '{"days_left": true}']
+
+
+@settings(max_examples=300, deadline=None)
+@given(dn=st.text(alphabet=st.sampled_from("CNOUDCabcXYZ=, \\;+é"), max_size=30))
+def test_a_principal_gives_its_dns_comparison_key_whether_or_not_it_holds_one(dn):
+    # The view holds a principal's DN key only when it is not dn.lower() (memory at 100,000 users);
+    # ou: selectors read the key either way.
+    from agent.compliance.model import Principal
+    from agent.directory.decode import dn_key
+
+    worked_out = Principal(directory="corp", guid="g", kind="user", name="n", dn=dn, state="active")
+    from_store = Principal(directory="corp", guid="g", kind="user", name="n", dn=dn, state="active",
+                           key_of_dn=dn_key(dn))
+    assert worked_out.dn_key == from_store.dn_key == dn_key(dn)
+    assert worked_out == from_store

@@ -183,6 +183,63 @@ def test_the_report_text_made_in_pieces_is_the_whole_reports_text(report, batch)
     assert b"".join(pretty_chunks(report, batch=batch)) == pretty_json(report)
 
 
+_finding = st.fixed_dictionaries({"key": st.text(max_size=6)}, optional={
+    "message": st.text(alphabet=st.sampled_from(' \n{}[],:"\\ab\u2028é'), max_size=12),
+    "principal": st.none() | st.dictionaries(st.text(max_size=3), _json, max_size=3),
+    "details": _json})
+
+
+@settings(max_examples=300, deadline=None)
+@given(findings=st.lists(_finding, max_size=8), header=st.dictionaries(st.sampled_from(["run", "summary", "products"]),
+                                                                       _json, max_size=3),
+       wanted=st.sets(st.text(max_size=6), max_size=4), batch=st.integers(1, 3))
+def test_findings_read_one_at_a_time_out_of_a_stored_report_are_those_it_parses_to(findings, header, wanted, batch):
+    # Drift's resolved findings and alerting's baseline are read out of the stored text a finding
+    # at a time (a parsed 100,000-user report is ~1 GB); they must be exactly the parsed report's,
+    # whatever the values hold (newlines, braces, quotes are escaped in the text).
+    import gzip
+
+    from agent.reports.json_report import (gzip_report, pretty_chunks, stored_findings, stored_header)
+
+    report = {**header, "findings": findings, "drift": {"new": findings}, "licences": []}
+    blob = gzip.compress(b"".join(pretty_chunks(report, batch=batch)))
+    assert list(stored_findings(blob)) == findings
+    assert list(stored_findings(blob, wanted)) == [f for f in findings if f["key"] in wanted]
+    assert stored_header(blob) == header
+    assert list(stored_findings(gzip_report(report))) == findings
+
+
+def test_a_stored_report_cut_short_is_damaged_when_its_findings_are_read():
+    import gzip
+
+    from agent.reports.json_report import DamagedReport, gzip_report, stored_findings, stored_header
+
+    report = {"run": {"id": 1}, "findings": [{"key": f"k{i}", "message": "m" * 50} for i in range(3000)]}
+    text = gzip.decompress(gzip_report(report))
+    cut = gzip.compress(text[: len(text) // 2])
+    assert stored_header(cut) == {"run": {"id": 1}}  # the start is there
+    with pytest.raises(DamagedReport, match="truncated"):
+        list(stored_findings(cut))
+    with pytest.raises(DamagedReport):
+        stored_header(gzip.compress(b'{"run": 1}'))  # no findings list at all
+
+
+def test_report_rows_read_as_the_list_of_the_same_dicts_and_give_the_same_text():
+    # The report's findings and licences are made a batch at a time when read (memory at 100,000
+    # users); whoever reads them, however (whole, sliced, item by item, as JSON), sees one list.
+    from agent.reports.json_report import ReportRows, pretty_chunks, pretty_json
+
+    items = list(range(2500))
+    rows = ReportRows(items, lambda i, memo: {"n": i, "shared": memo.setdefault("s", {"x": 1})})
+    plain = [{"n": i, "shared": {"x": 1}} for i in items]
+    assert list(rows) == plain and rows == plain and len(rows) == 2500
+    assert rows[3] == plain[3] and rows[-1] == plain[-1] and rows[10:20] == plain[10:20]
+    assert list(rows) == list(rows)  # read again: the same
+    report = {"findings": rows, "drift": {"new": rows}, "small": ReportRows([1], lambda i, memo: {"n": i})}
+    whole = {"findings": plain, "drift": {"new": plain}, "small": [{"n": 1}]}
+    assert pretty_json(report) == pretty_json(whole) == b"".join(pretty_chunks(report))
+
+
 def test_stored_chunks_are_bounded_and_a_truncated_report_is_an_error():
     from agent.reports.json_report import gunzipped_chunks, gzip_report
 

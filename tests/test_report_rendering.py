@@ -423,6 +423,33 @@ def test_a_big_estate_lists_the_first_rows_of_each_table_with_exact_counts():
     assert f"{many:,} principals hold or need a CAL; {many // 2:,} lack one" in squash(licences.text())
 
 
+def test_a_big_group_of_mixed_severities_lists_its_most_severe_rows_first():
+    # A kind's rows are its findings by severity (errors first, then warnings, then anything
+    # else, each in report order), the first HTML_ROWS of them, whatever order they come in; the
+    # page keeps only those as it reads the findings, and counts the rest.
+    from agent.reports.html import HTML_ROWS
+
+    def odd(i, severity):
+        return finding("weird_kind", severity, who=principal(f"{severity or 'none'}{i:05d}"))
+
+    members = ([odd(i, "warning") for i in range(HTML_ROWS - 5)] + [odd(i, None) for i in range(3)]
+               + [odd(i, "error") for i in range(4)] + [odd(i, "warning") for i in range(HTML_ROWS, HTML_ROWS + 9)])
+    report = make_report(findings=members, new=members[::-1])
+    doc = parse(render_html(report))
+    group = doc.find("section", cls="group", **{"data-kind": "weird_kind"})
+    names = [cells(row)[1] for row in group.find_all("tr", cls="finding")]
+    expected = [f["principal"]["name"] for f in
+                ([m for m in members if m["severity"] == "error"] + [m for m in members if m["severity"] == "warning"]
+                 + [m for m in members if m["severity"] is None])][:HTML_ROWS]
+    assert len(names) == HTML_ROWS and names == expected
+    assert f"{len(members):,} findings: 4 errors, {HTML_ROWS + 4:,} warnings, 3 others" in squash(group.text())
+    drift = [cells(row)[2].split()[0] for row in doc.by_id("drift").find_all("tr", cls="drift-finding")]
+    reversed_expected = [f["principal"]["name"] for f in
+                         ([m for m in members[::-1] if m["severity"] == "error"]
+                          + [m for m in members[::-1] if m["severity"] == "warning"])][:HTML_ROWS]
+    assert drift == reversed_expected
+
+
 def test_directory_sync_status_failed_is_prominent(report):
     report["directories"].append({
         "name": "branch", "type": "active_directory",

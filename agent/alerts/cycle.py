@@ -26,7 +26,7 @@ from agent.alerts import outbox
 from agent.alerts.triggers import Alert, digest_due, evaluate, unknown_min_free_products
 from agent.config import Config, resolve_password, resolve_webhook_url
 from agent.errors import AlertError, CalAgentError, ConfigError
-from agent.reports.json_report import DamagedReport, report_from_gzip
+from agent.reports.json_report import DamagedReport, StoredReport
 from agent.store.db import Store
 from agent.store.models import AlertState, OutboxMessage, Run
 
@@ -72,17 +72,23 @@ class Outcome:
 
 
 def _report_of(session, run_id: int | None) -> dict[str, Any] | None:
+    """Run ``run_id``'s stored report as a baseline: its header, its findings read one at a time
+    when they are iterated (StoredReport)."""
     if run_id is None:
         return None
-    run = session.get(Run, run_id)
-    if run is None:
+    blob = session.scalars(select(Run.report_gz).where(Run.id == run_id)).first()
+    if blob is None:
         return None
     try:
-        return report_from_gzip(run.report_gz)
+        return StoredReport(blob)
     except DamagedReport as exc:
-        # As if the run were pruned: the new run's own drift decides (docs/alerts.md).
-        log.warning("alerts.baseline_damaged", run=run_id, error=str(exc))
+        _baseline_damaged(run_id, exc)
         return None
+
+
+def _baseline_damaged(run_id: int | None, exc: Exception) -> None:
+    # As if the run were pruned: the next baseline, or the new run's own drift, decides (docs/alerts.md).
+    log.warning("alerts.baseline_damaged", run=run_id, error=str(exc))
 
 
 def retry(config: Config, store: Store, *, now: datetime | None = None) -> outbox.Delivery:
@@ -118,11 +124,19 @@ def after_run(config: Config, store: Store, report: dict[str, Any], *, report_fi
         if state.last_run_id is not None and run_id is not None and state.last_run_id >= run_id:
             alert = None  # this run was already alerted on
         else:
-            baseline = _report_of(session, state.last_run_id)
-            if baseline is None:
-                baseline = _report_of(session, (report.get("run") or {}).get("previous_id"))
             due = digest_due(alerts.digest, state.last_digest_at, moment)
-            alert = evaluate(report, baseline, alerts, digest=due)
+            # The last run alerted on, else the previous run, else none; a baseline found damaged
+            # while it is read (its findings are read as evaluate() goes) counts as missing.
+            tried = [i for i in (state.last_run_id, (report.get("run") or {}).get("previous_id")) if i is not None]
+            for baseline_id in [*tried, None]:
+                baseline = _report_of(session, baseline_id)
+                if baseline is None and baseline_id is not None:
+                    continue
+                try:
+                    alert = evaluate(report, baseline, alerts, digest=due)
+                    break
+                except DamagedReport as exc:
+                    _baseline_damaged(baseline_id, exc)
             if alert is not None:
                 result.kind = alert.kind
                 for channel in alerts.channels:

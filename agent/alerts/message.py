@@ -110,14 +110,16 @@ def view(alert: Alert, *, attachment: str | None = None, limit: int = MAX_EMAIL_
     summary = report.get("summary") or {}
     run = report.get("run") or {}
     drift = report.get("drift") or {}
-    findings = [_finding_view(f, alert) for f in alert.findings]
+    total = len(alert.findings)
+    findings = [_finding_view(f, alert) for f in alert.findings[:limit]]  # only those listed are read
     if alert.mode == "change":
         since = f"since run {run['previous_id']}" if run.get("previous_id") else "on the first run"
-        heading = f"{plural(len(findings), 'new finding')} {since}" if findings else ""
+        heading = f"{plural(total, 'new finding')} {since}" if total else ""
     else:
-        fresh = sum(1 for f in findings if f["new"])
-        heading = (f"{plural(len(findings), 'finding')} {'needs' if len(findings) == 1 else 'need'} attention"
-                   + (f" ({fresh} new)" if fresh else "")) if findings else ""
+        fresh = (sum(1 for f in alert.findings if f.get("key") in alert.new_keys)
+                 if alert.mode == "always" else 0)
+        heading = (f"{plural(total, 'finding')} {'needs' if total == 1 else 'need'} attention"
+                   + (f" ({fresh} new)" if fresh else "")) if total else ""
     return {
         "subject": subject(alert),
         "compliant": bool(report.get("compliant")),
@@ -131,8 +133,8 @@ def view(alert: Alert, *, attachment: str | None = None, limit: int = MAX_EMAIL_
         "total": summary.get("findings", 0),
         "by_kind": [(kind_label(k), v) for k, v in (summary.get("by_kind") or {}).items()],
         "heading": heading,
-        "findings": findings[:limit],
-        "more": max(0, len(findings) - limit),
+        "findings": findings,
+        "more": max(0, total - limit),
         "low_free": [{"line": f"{clean(l.product_name)} {clean(l.version)} ({clean(l.cal_type)})",
                       "free": l.free, "minimum": l.minimum} for l in alert.low_free],
         "resolved": len(drift.get("resolved") or []),

@@ -9,6 +9,7 @@ plain layout and the decisions can be tested without parsing HTML.
 
 from __future__ import annotations
 
+import heapq
 import re
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -195,14 +196,27 @@ def _finding_row(finding: dict, product_names: dict[str, str]) -> dict[str, Any]
 def _group_findings(
     findings: list[dict], product_names: dict[str, str], total_shortfall: Any
 ) -> list[dict[str, Any]]:
-    """Findings grouped by kind; groups holding errors first, then the known kinds' order."""
-    by_kind: dict[str, list[dict]] = {}
+    """Findings grouped by kind; groups holding errors first, then the known kinds' order.
+
+    Each group's rows are its findings ordered by severity (stably), the first HTML_ROWS of them;
+    only those are kept as the findings are read, with counts of the rest: a report's findings
+    may be ~70,000 dicts made as they are read (json_report.ReportRows)."""
+    by_kind: dict[str, dict[str, Any]] = {}
     for finding in findings:
-        by_kind.setdefault(finding.get("kind") or "", []).append(finding)
+        kind = finding.get("kind") or ""
+        group = by_kind.get(kind)
+        if group is None:
+            group = by_kind[kind] = {"total": 0, "by_severity": {}, "first": {}}
+        group["total"] += 1
+        severity = finding.get("severity")
+        group["by_severity"][severity] = group["by_severity"].get(severity, 0) + 1
+        first = group["first"].setdefault(_severity_rank(severity), [])
+        if len(first) < HTML_ROWS:
+            first.append(finding)
 
     groups = []
-    for kind, members in by_kind.items():
-        members = sorted(members, key=lambda f: _severity_rank(f.get("severity")))  # stable
+    for kind, group in by_kind.items():
+        members = [f for rank in sorted(group["first"]) for f in group["first"][rank]][:HTML_ROWS]
         if kind in KIND_INFO:
             title, meaning, action = KIND_INFO[kind]
         else:
@@ -214,14 +228,14 @@ def _group_findings(
                 action = action.format(shortfall=format_number(total_shortfall))
             else:
                 action = "Buy the missing CALs."
-        errors = sum(1 for f in members if f.get("severity") == "error")
-        warnings = sum(1 for f in members if f.get("severity") == "warning")
-        others = len(members) - errors - warnings
+        errors = group["by_severity"].get("error", 0)
+        warnings = group["by_severity"].get("warning", 0)
+        others = group["total"] - errors - warnings
         parts = [plural(n, word) for n, word in ((errors, "error"), (warnings, "warning"),
                                                  (others, "other")) if n]
         count_label = ", ".join(parts)
         if len(parts) > 1:
-            count_label = f"{len(members)} findings: {count_label}"
+            count_label = f"{format_number(group['total'])} findings: {count_label}"
         groups.append(
             {
                 "kind": kind,
@@ -230,8 +244,8 @@ def _group_findings(
                 "action": action,
                 "severity": "error" if errors else (members[0].get("severity") or "warning"),
                 "count_label": count_label,
-                "rows": [_finding_row(f, product_names) for f in members[:HTML_ROWS]],
-                "total": len(members),
+                "rows": [_finding_row(f, product_names) for f in members],
+                "total": group["total"],
             }
         )
     groups.sort(
@@ -302,8 +316,9 @@ def build_view(report: dict) -> dict[str, Any]:
     previous_id = run.get("previous_id")
 
     def drift_rows(findings: list[dict]) -> list[dict]:
-        ordered = sorted(findings, key=lambda f: _severity_rank(f.get("severity")))
-        return [_finding_row(f, product_names) for f in ordered[:HTML_ROWS]]
+        # sorted(...)[:HTML_ROWS], stable as it is, holding only those rows (heapq documents it so)
+        ordered = heapq.nsmallest(HTML_ROWS, findings, key=lambda f: _severity_rank(f.get("severity")))
+        return [_finding_row(f, product_names) for f in ordered]
 
     findings = report.get("findings") or []
     leavers = _leavers(findings, product_names)
