@@ -127,9 +127,11 @@ def test_exports_xlsx_and_products_csv_neutralise_formulas(tmp_path):
     assert s.run("report", "--format", "xlsx", expect=2).stderr.count("--output") == 1
 
 
-def test_drift_lists_new_findings_and_resolved_ones_in_full(site):
-    # Drift compares finding keys with the previous run (run_findings) and reads the previous
-    # stored report only for the resolved findings, which it lists in full.
+def test_drift_lists_new_findings_and_resolved_ones_in_full(tmp_path, database_url):
+    # Drift compares finding keys with the previous run in SQL (run_findings, on either database)
+    # and reads the previous stored report only for the resolved findings, which it lists in full.
+    site = Site(tmp_path, database_url)
+    site.run("run", "--once")
     first = json.loads(site.run("report").stdout)
     rewrite_ldif(site, staff=["ann", "bob", "cat", "dan", "fay", "gus"], disabled=["lee"])  # eve gone, fay+gus in
     site.run("run", "--once")
