@@ -357,3 +357,23 @@ def test_a_principal_gives_its_dns_comparison_key_whether_or_not_it_holds_one(dn
                            key_of_dn=dn_key(dn))
     assert worked_out.dn_key == from_store.dn_key == dn_key(dn)
     assert worked_out == from_store
+
+
+def test_a_suites_seats_count_on_one_line_whatever_the_order_of_the_requirements():
+    # R16: a Core CAL Suite seat covers Windows Server and Exchange of its version.  Its seats are
+    # `assigned` on one product line, the base CAL's on a tie, and the order in which requirements
+    # (or principals) come must not move them to another line.
+    import itertools
+
+    e = Estate()
+    e.add("u1", ou="A")
+    e.add("u2", ou="B")
+    reqs = [req("r1", product="sql-server", version="2019", ou=f"OU=A,{BASE}"),
+            req("r2", product="windows-server", version="2019", ou=f"OU=B,{BASE}"),
+            req("r3", product="exchange-standard", version="2019", ou=f"OU=A,{BASE}")]
+    inv = inventory([purchase("PO-S", product="core-cal-suite", version="2019", quantity=5)],
+                    [{"purchase": "PO-S", "principal": "u1"}])
+    results = [reconcile(e.view(), list(order), inv, today=TODAY).products for order in itertools.permutations(reqs)]
+    assert all(lines == results[0] for lines in results)
+    assigned = {line.product: (line.assigned, line.free) for line in results[0]}
+    assert assigned["windows-server"] == (1, 4) and assigned["exchange-standard"] == (0, 5)

@@ -148,6 +148,30 @@ def test_drift_lists_new_findings_and_resolved_ones_in_full(tmp_path, database_u
     assert third["run"]["previous_id"] == second["run"]["id"]
 
 
+def test_drift_from_a_previous_run_whose_finding_keys_were_not_kept_comes_from_its_report(tmp_path, database_url):
+    # Drift compares keys in run_findings; a previous run without those rows (a store from before
+    # them, rows deleted by hand) is compared through its stored report instead, with the same
+    # result as `report --diff` of the two runs.
+    from sqlalchemy import delete
+
+    from agent.engine import diff_runs
+    from agent.store.models import RunFinding
+
+    site = Site(tmp_path, database_url)
+    site.run("run", "--once")
+    store = open_store(load_config(site.config))
+    with store.session() as session:
+        session.execute(delete(RunFinding).where(RunFinding.run_id == 1))
+    rewrite_ldif(site, staff=["ann", "bob", "cat", "dan", "fay", "gus"], disabled=["lee"])
+    site.run("run", "--once", expect=None)
+    report = json.loads(site.run("report").stdout)
+    diff = diff_runs(store, 1, 2)
+    store.close()
+    assert report["drift"]["new"] == diff["new"] and report["drift"]["resolved"] == diff["resolved"]
+    assert report["drift"]["new"] and report["drift"]["resolved"]
+    assert all(f["message"] for f in report["drift"]["resolved"])  # in full, out of run 1's report
+
+
 def test_the_stored_report_is_the_json_report_gzipd_and_is_what_report_prints(site):
     # Each run keeps its report in the database; at 100,000 users that is ~90 MB of JSON a run, so
     # it is kept gzip'd: an admin can `gunzip` it, and `report --format json` prints it unchanged.
@@ -224,6 +248,9 @@ def test_a_stored_report_cut_short_is_damaged_when_its_findings_are_read():
         list(stored_findings(cut))
     with pytest.raises(DamagedReport):
         stored_header(gzip.compress(b'{"run": 1}'))  # no findings list at all
+    assert list(stored_findings(gzip.compress(b"{}\n"))) == []  # a run stored without a report (migration 0007)
+    with pytest.raises(DamagedReport):
+        list(stored_findings(gzip.compress(b'["not", "a report"]')))
 
 
 def test_report_rows_read_as_the_list_of_the_same_dicts_and_give_the_same_text():

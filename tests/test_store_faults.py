@@ -73,7 +73,7 @@ def postgresql_restarted_before(server, statement: str):
 
 @pytest.mark.parametrize("statement", [
     pytest.param("UPDATE principals", id="sync"),  # the sync's transaction: principals read, being updated
-    pytest.param("INSERT INTO run_findings", id="reconcile"),  # the run and its report written, findings next
+    pytest.param("INSERT INTO run_findings", id="reconcile"),  # the run written, its finding keys next, then its report
 ])
 def test_postgresql_restarted_mid_transaction_is_a_clear_error_and_the_next_cycle_recovers(pg_site, postgres_server,
                                                                                            statement):

@@ -623,7 +623,10 @@ def _product_lines(rows: dict[tuple[str, str, str], int], licensed: dict[tuple[s
     `owned` is what is left for it (the eligible sets are nested, so this greedy fill is optimal).
 
     `assigned` counts the seats handed out (stale ones included) of the purchases whose home is the
-    row: the most demanding row the purchase covers, or its own row when it covers none."""
+    row: the most demanding row the purchase covers, or its own row when it covers none.  Of
+    equally demanding rows (a CAL suite covering Windows Server 2019 and Exchange 2019), the
+    purchase's own product's, else the first product the suite includes (Windows Server first):
+    the same whatever order the rows were met in."""
     keys = set(rows)
     home: dict[tuple[str, str, str], int] = defaultdict(int)
     for p in inventory.purchases:
@@ -631,7 +634,14 @@ def _product_lines(rows: dict[tuple[str, str, str], int], licensed: dict[tuple[s
             continue
         covered = [key for key in rows if _covers(p, *key, inventory, today)]
         if covered:
-            key = max(covered, key=lambda k: parse_version(k[1]))
+            most = max(parse_version(k[1]) for k in covered)
+            spec = inventory.catalog.get(p.product)
+            includes = spec.includes if spec is not None else ()
+
+            def preference(k: tuple[str, str, str]) -> tuple:
+                return (k[0] != p.product, includes.index(k[0]) if k[0] in includes else len(includes), k)
+
+            key = min((k for k in covered if parse_version(k[1]) == most), key=preference)
         else:
             key = (p.product, p.version, p.cal_type)
             keys.add(key)
