@@ -11,12 +11,13 @@ product line's free seats drop below the minimum.  Each `expiring` threshold is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from agent.config import AlertsConfig, AlertTriggersConfig
+from agent.reports.json_report import ReportRows
 
 UNLICENSED = ("unlicensed_user", "unlicensed_device")
 EXPIRY = ("expiring", "expired")
@@ -94,37 +95,18 @@ def is_alert_worthy(finding: dict[str, Any], triggers: AlertTriggersConfig, now:
     return False
 
 
-class Picked(Sequence):
+class Picked(ReportRows):
     """Some of a report's findings, by position, read from the report when they are read: a
     100,000-user report has ~70,000 alert-worthy findings, and an alert lists a hundred."""
 
-    __slots__ = ("_findings", "_at")
+    __slots__ = ("_findings",)
 
     def __init__(self, findings: Sequence[dict[str, Any]], positions: list[int]) -> None:
-        self._findings, self._at = findings, positions
-
-    def __len__(self) -> int:
-        return len(self._at)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self._findings[i] for i in self._at[index]]
-        return self._findings[self._at[index]]
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        findings = self._findings
-        for i in self._at:
-            yield findings[i]
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (Picked, list, tuple)):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
+        super().__init__(positions, lambda at, _memo: findings[at])
+        self._findings = findings
 
     def where(self, keep: Callable[[dict[str, Any]], bool]) -> "Picked":
-        return Picked(self._findings, [i for i, f in zip(self._at, self) if keep(f)])
+        return Picked(self._findings, [at for at, f in zip(self._items, self) if keep(f)])
 
 
 def alert_worthy(report: dict[str, Any], triggers: AlertTriggersConfig) -> Picked:

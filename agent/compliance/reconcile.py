@@ -42,10 +42,11 @@ _STALE_STATES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Need:
     """A ``product`` CAL of at least ``version`` and type ``cal_type``, needed for
-    ``requirements``.  One object per distinct need, shared by every principal that has it."""
+    ``requirements``.  One object per distinct need (``wanted`` makes each once), shared by
+    every principal that has it: compared and hashed by identity."""
 
     product: str
     version: str
@@ -93,13 +94,6 @@ class _Index:
         if type(found) is not tuple:
             return [found] if found.kind == kind else []
         return [p for p in found if p.kind == kind]
-
-    @staticmethod
-    def ref(principal: Principal) -> Principal:
-        """The principal as findings and licences name it: the view's own object, which has every
-        field a ``PrincipalRef`` has (a copy each was ~10 MB at 100,000 principals, held beside
-        the view while the rules run)."""
-        return principal
 
     def shared(self, value: tuple) -> tuple:
         """One object per distinct tuple: most principals hold and need the same few things."""
@@ -188,12 +182,13 @@ def wanted(requirements: Sequence[Requirement], index: _Index, problems: list[Fi
     The needs are shared objects, and so are the tuples of them: most principals need the same
     few things (100,000 needs of their own, and their keys, were ~20 MB)."""
     needs: Needs = {}
-    made: dict[Need, Need] = {}
-    same_needs: dict[tuple[int, ...], tuple[Need, ...]] = {}  # by the needs' ids (each made once)
+    made: dict[tuple, Need] = {}
 
     def need(product: str, version: str, cal_type: str, names: tuple[str, ...]) -> Need:
-        new = Need(product, version, cal_type, names)
-        return made.setdefault(new, new)
+        found = made.get((product, version, cal_type, names))
+        if found is None:
+            found = made[(product, version, cal_type, names)] = Need(product, version, cal_type, names)
+        return found
 
     for requirement in requirements:
         version = normalise_version(requirement.version)
@@ -217,7 +212,7 @@ def wanted(requirements: Sequence[Requirement], index: _Index, problems: list[Fi
                     break
             else:
                 current = current + (plain,)
-            needs[principal.key] = same_needs.setdefault(tuple(map(id, current)), current)
+            needs[principal.key] = index.shared(current)
     return needs
 
 
@@ -260,7 +255,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
             if holder in wrong_kind:
                 findings.append(Finding(
                     kind=m.TYPE_MISMATCH, product=purchase.product, version=purchase.version,
-                    cal_type=purchase.cal_type, principal=index.ref(holder), purchase=purchase.id,
+                    cal_type=purchase.cal_type, principal=holder, purchase=purchase.id,
                     message=f"{purchase.id} is a {purchase.cal_type} CAL but {holder.name} is a {holder.kind}; "
                     f"it licenses nothing",
                 ))
@@ -269,7 +264,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
             if holder.state in _STALE_STATES:
                 findings.append(Finding(
                     kind=m.STALE_ASSIGNMENT, product=purchase.product, version=purchase.version,
-                    cal_type=purchase.cal_type, principal=index.ref(holder), purchase=purchase.id,
+                    cal_type=purchase.cal_type, principal=holder, purchase=purchase.id,
                     reason=holder.state, since=holder.state_since,
                     message=f"{holder.name} holds a seat of {purchase.id} but is {holder.state}"
                     + (f" since {holder.state_since:%Y-%m-%d}" if holder.state_since else "")
@@ -316,7 +311,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
             for p in too_old:
                 findings.append(Finding(
                     kind=m.VERSION_MISMATCH, product=need.product, version=need.version, cal_type=need.cal_type,
-                    principal=index.ref(principal), purchase=p.id, reason=p.version,
+                    principal=principal, purchase=p.id, reason=p.version,
                     message=f"{principal.name} holds {p.id}, a {p.version} CAL, which does not cover the "
                     f"{need.version} server (R07): assign a {need.version} or later CAL",
                     details=(("held_version", p.version), ("required_version", need.version)),
@@ -330,7 +325,7 @@ def reconcile(view: DirectoryView, requirements: Sequence[Requirement], inventor
                     (("requirements", need.requirements),))
             findings.append(Finding(
                 kind=m.UNLICENSED_USER if need.cal_type == "user" else m.UNLICENSED_DEVICE, product=need.product,
-                version=need.version, cal_type=need.cal_type, principal=index.ref(principal),
+                version=need.version, cal_type=need.cal_type, principal=principal,
                 message=principal.name + wording[0] + detail, details=wording[1],
             ))
         wants[key] = index.shared(judged)
@@ -386,7 +381,7 @@ def _licence_view(wants: dict[PrincipalKey, tuple[tuple[str, str, str, bool], ..
             holds = holdings[ids] = tuple(sorted({(p.id, p.product, p.version, p.cal_type) for p in purchases}))
         needed = wants.get(key, ())
         needs = index.shared(needed if len(needed) < 2 else tuple(sorted(needed)))
-        out.append(m.PrincipalLicences(index.ref(index.by_key[key]), holds, needs))
+        out.append(m.PrincipalLicences(index.by_key[key], holds, needs))
     # By (kind, name case-folded, directory), in three stable sorts from the least significant
     # key: one existing string per principal each time instead of a tuple and a lower-cased copy
     # (~15 MB at 100,000 principals).
@@ -427,7 +422,7 @@ def _missing_base_cals(needs: Needs, held: dict[PrincipalKey, tuple[Purchase, ..
             principal = index.by_key[key]
             what = f"holds {via}" if via else f"needs {catalog.name(product)}"
             out.setdefault((key, product, cal_type, prerequisite), Finding(
-                kind=m.MISSING_BASE_CAL, product=product, cal_type=cal_type, principal=index.ref(principal),
+                kind=m.MISSING_BASE_CAL, product=product, cal_type=cal_type, principal=principal,
                 purchase=via, reason=prerequisite,
                 message=f"{principal.name} {what} but no {catalog.name(prerequisite)} ({cal_type}): "
                 f"{catalog.name(product)} is licensed only on top of it (R12-R15)",
@@ -529,7 +524,7 @@ def _premature_reassignments(inventory: Inventory, index: _Index, rules: RulesCo
         if _departed(previous, t.on):
             continue
         target = _principal_named(index, t.to_principal, kinds)
-        ref = index.ref(target) if target else PrincipalRef(kind=kinds[0], name=t.to_principal, directory=None)
+        ref = target if target else PrincipalRef(kind=kinds[0], name=t.to_principal, directory=None)
         out.append(Finding(
             kind=m.PREMATURE_REASSIGNMENT, product=purchase.product if purchase else None,
             version=purchase.version if purchase else None, cal_type=purchase.cal_type if purchase else None,
@@ -558,7 +553,7 @@ def _departed_owners(inventory: Inventory, index: _Index) -> list[Finding]:
         what = f"is {owner.state}" if owner else "is not in the directory"
         out.append(Finding(
             kind=m.OWNER_DEPARTED, product=p.product, version=p.version, cal_type=p.cal_type, purchase=p.id,
-            principal=index.ref(owner) if owner else PrincipalRef(kind="user", name=p.owner, directory=None),
+            principal=owner if owner else PrincipalRef(kind="user", name=p.owner, directory=None),
             reason=state, since=owner.state_since if owner else None,
             message=f"{p.id} is held by the account {p.owner}, which {what}"
             + (f" (activated on the vendor's portal)" if p.activation == "vendor_portal" else "")

@@ -47,9 +47,9 @@ class ReportRows(Sequence):
             yield from self[start:start + self.BATCH]
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, ReportRows):
-            other = list(other)
-        return list(self) == other if isinstance(other, list) else NotImplemented
+        if isinstance(other, (ReportRows, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  (a list is not hashable either)
 
@@ -159,26 +159,17 @@ def stored_findings(blob: bytes, keys: Container[str] | None = None) -> Iterator
     ``json.dumps(indent=2)``): the top-level key on a line of its own, each item of the list
     closed by a brace four spaces in, and no raw newline inside a value (JSON escapes them).
     Anything else is a DamagedReport."""
-    buffer = b""
-    small = b""  # a report too short to have a findings list laid out: read whole
     chunks = gunzipped_chunks(blob)
-    for chunk in chunks:
-        buffer += chunk
-        if len(small) < 1 << 16:
-            small += chunk
-        at = buffer.find(_FINDINGS_START)
-        if at >= 0:
-            buffer = buffer[at + len(_FINDINGS_START):]
-            break
-        buffer = buffer[-len(_FINDINGS_START):]
-    else:
+    head, buffer = _until_findings(chunks)
+    if buffer is None:
         try:
-            whole = orjson.loads(small)
+            whole = orjson.loads(head)
         except orjson.JSONDecodeError:
             whole = None
         if isinstance(whole, dict) and not whole.get("findings"):
             return  # an object with no findings (a run stored without a report: `{}`)
         raise DamagedReport("no findings list")
+    del head
     pos = 0
     while True:
         while True:
@@ -208,19 +199,34 @@ def stored_findings(blob: bytes, keys: Container[str] | None = None) -> Iterator
 def stored_header(blob: bytes) -> dict[str, Any]:
     """The top-level keys a stored report has before its findings (schema_version, generated_at,
     run, compliant, summary, directories, inventory, products), without parsing the rest."""
+    head, rest = _until_findings(gunzipped_chunks(blob))
+    if rest is None:
+        raise DamagedReport("no findings list")
+    try:
+        header = orjson.loads(head.rstrip().removesuffix(b",") + b"\n}")
+    except orjson.JSONDecodeError as exc:
+        raise DamagedReport(f"its header does not parse: {exc}") from None
+    if not isinstance(header, dict):
+        raise DamagedReport("not a JSON object")
+    return header
+
+
+_HEADER_LIMIT = 1 << 24  # a report's text before its findings is its summary, directories, products: KBs
+
+
+def _until_findings(chunks: Iterator[bytes]) -> tuple[bytes, bytes | None]:
+    """Read a stored report's text up to the opening of its findings list: the text before it and
+    what was read after it; (the text read, None) when there is none (at most _HEADER_LIMIT read)."""
     head = b""
-    for chunk in gunzipped_chunks(blob):
+    for chunk in chunks:
+        start = max(0, len(head) - len(_FINDINGS_START))  # a start cut between two chunks is found too
         head += chunk
-        at = head.find(_FINDINGS_START)
+        at = head.find(_FINDINGS_START, start)
         if at >= 0:
-            try:
-                header = orjson.loads(head[:at].rstrip().removesuffix(b",") + b"\n}")
-            except orjson.JSONDecodeError as exc:
-                raise DamagedReport(f"its header does not parse: {exc}") from None
-            if not isinstance(header, dict):
-                raise DamagedReport("not a JSON object")
-            return header
-    raise DamagedReport("no findings list")
+            return head[:at], head[at + len(_FINDINGS_START):]
+        if len(head) > _HEADER_LIMIT:
+            break
+    return head, None
 
 
 class StoredReport(dict):

@@ -422,7 +422,7 @@ def apply_entries(store: Store, directory: str, sync_id: int, entries: Iterable[
                 f"departed ({detail}), more than the limit of {limit}; nothing was changed",
                 hint="if a DC, filter or base_dn problem caused this, fix it; if the departures are real, run "
                 "`cal-agent sync --accept-departures` once (or raise directories[].max_departures)")
-        _write_principals(conn, {guid: {"id": principals[guid].id} for guid in later}, [], later)
+        _update_principals(conn, {principals[guid].id: changed for guid, changed in later.items()})
         if incremental:
             _sync_memberships_incremental(conn, directory, entries, principals)
         else:
@@ -662,10 +662,15 @@ def _write_principals(conn, rows: dict[str, dict], inserts: list[dict], updates:
     """Insert the new principals (learning their ids) and update the changed columns of the others."""
     if inserts:
         _insert_principals(conn, rows, inserts)
+    _update_principals(conn, {rows[guid]["id"]: changed for guid, changed in updates.items()})
+
+
+def _update_principals(conn, updates: dict[int, dict]) -> None:
+    """The changed columns of stored principals, by id: one executemany per set of columns."""
     by_columns: dict[tuple[str, ...], list[dict]] = {}
-    for guid, changed in updates.items():
+    for pid, changed in updates.items():
         if changed:
-            by_columns.setdefault(tuple(sorted(changed)), []).append({"_id": rows[guid]["id"], **changed})
+            by_columns.setdefault(tuple(sorted(changed)), []).append({"_id": pid, **changed})
     for columns, params in by_columns.items():
         statement = (_PRINCIPALS.update().where(_PRINCIPALS.c.id == bindparam("_id"))
                      .values({name: bindparam(name) for name in columns}))
