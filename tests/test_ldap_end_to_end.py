@@ -420,3 +420,38 @@ def test_a_continuation_reference_inside_base_dn_changes_nothing(openldap, tmp_p
     # Without the referral (the branch back on this server, its entries gone) the next sync works.
     openldap.delete(branch)
     cal_agent(bulk.config, "sync", check=True)
+
+
+def test_a_far_future_shadow_expire_is_never_and_every_directory_syncs(openldap, tmp_path):
+    """`shadowExpire: 2147483647` (INT_MAX, what some tools write for "never") is past year 9999:
+    once it stopped the whole sync with an OverflowError traceback, left the run `running` and kept
+    the next directory from being read.  Now the account reads as never expiring (still required)
+    and both directories sync."""
+    t = uuid.uuid4().hex[:4]
+    config = tmp_path / "config.yaml"
+    (tmp_path / "bind-password").write_text(openldap.reader_password + "\n")
+    (tmp_path / "bind-password").chmod(0o600)
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"purchases": [], "assignments": []}))
+    directories = []
+    for name, shadow_expire in (("far", "2147483647"), ("near", None)):
+        ou = openldap.add_ou(f"{name}-{t}")
+        dn = openldap.add(f"uid={name}-{t},{ou}", ["inetOrgPerson", "posixAccount", "shadowAccount"], {
+            "uid": f"{name}-{t}", "cn": name, "sn": name, "uidNumber": "7100", "gidNumber": "7100",
+            "homeDirectory": f"/home/{name}"})
+        if shadow_expire:
+            openldap.modify(dn, {"shadowExpire": shadow_expire})
+        directories.append({"name": name, "type": "ldap", "url": openldap.url, "base_dn": ou,
+                            "bind_dn": openldap.reader_dn, "password_file": "bind-password",
+                            "tls": {"ca_file": str(openldap.ca_file)}})
+    config.write_text(yaml.safe_dump({
+        "database": {"url": "sqlite:///state.db"}, "directories": directories, "inventory": "inventory.yaml",
+        "requirements": [{"name": "all", "product": "windows-server", "version": "2022", "cal_type": "user",
+                          "users": {}}],
+        "reports": {"directory": "reports"}}))
+    done = cal_agent(config, "run", "--once")
+    assert "Traceback" not in done.stderr, done.stderr
+    report = json.loads((tmp_path / "reports" / "latest.json").read_text())
+    assert {d["name"]: d["last_sync"]["status"] for d in report["directories"]} == {"far": "ok", "near": "ok"}
+    unlicensed = {(f["principal"]["directory"], f["principal"]["name"]) for f in report["findings"]
+                  if f["kind"] == "unlicensed_user"}
+    assert unlicensed == {("far", f"far-{t}"), ("near", f"near-{t}")}

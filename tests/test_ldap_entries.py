@@ -30,6 +30,14 @@ def test_shadow_expire_is_days_since_1970(value, expected):
     assert le.shadow_expire(value) == expected
 
 
+@pytest.mark.parametrize("value", [b"2147483647", b"2932897", b"99999999999"])
+def test_shadow_expire_past_the_last_date_is_never(value):
+    # INT_MAX and other "far future" values are past year 9999: they must not crash the read
+    # (an OverflowError once stopped the whole sync), and the account does not expire.
+    assert le.shadow_expire(value) is None
+    assert le.shadow_expire(b"2932896") == datetime(9999, 12, 31, tzinfo=timezone.utc)
+
+
 def test_shadow_expire_rejects_garbage():
     with pytest.raises(ValueError):
         le.shadow_expire(b"soon")

@@ -161,6 +161,24 @@ def test_failed_read_changes_nothing_and_is_recorded(store):
         assert last.status == "failed" and "connection to dc1 lost" in last.error
 
 
+def test_an_unexpected_error_mid_read_fails_the_sync_as_a_read_error_and_changes_nothing(store):
+    # A bug or a value no decoder foresaw (an OverflowError, a KeyError...) must not leave the run
+    # "running" for good nor escape as a traceback that stops the other directories' syncs.
+    class Crashing(ListReader):
+        def read(self):
+            yield from self.entries[:3]
+            raise OverflowError("date value out of range")
+
+    sync(store, estate())
+    before = (_states(store), _count(store, Membership), _count(store, PrincipalEvent))
+    with pytest.raises(DirectoryError, match="unexpected error.*OverflowError: date value out of range"):
+        run_sync(store, "corp", Crashing(estate()[:5]), inactive_after_days=90, now=NOW)
+    assert (_states(store), _count(store, Membership), _count(store, PrincipalEvent)) == before
+    with store.session() as session:
+        last = session.scalars(select(SyncRun).order_by(SyncRun.id.desc())).first()
+        assert last.status == "failed" and "OverflowError" in last.error and last.finished_at is not None
+
+
 def test_a_read_failing_after_batches_were_written_changes_nothing(store):
     # A complete read is written 5,000 entries at a time as it streams, all in one transaction:
     # a DC lost after 12,000 entries must leave the store exactly as it was.

@@ -112,7 +112,7 @@ def converted(values: Sequence[bytes], name: str, convert):
     does not decode raises ValueError naming the attribute."""
     try:
         return convert(values[0])
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:  # Overflow: a date past year 9999
         raise ValueError(f"{name}: {exc}") from None
 
 

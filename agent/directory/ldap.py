@@ -266,7 +266,7 @@ class LdapReader(ActiveDirectoryReader):
         try:
             attrs = normalise_attributes(raw)
             return entry_from_attributes(dn, attrs, kind, self.config.attributes, member_dns_by_uid=uid_to_dn), attrs
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise DirectoryError(
                 f"{self.config.url}: cannot decode {dn}: {exc}",
                 hint="the read was discarded; nothing was changed",

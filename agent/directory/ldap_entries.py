@@ -18,6 +18,7 @@ from agent.directory.records import UAC_ACCOUNTDISABLE, DirectoryEntry, EntryKin
 # OpenLDAP ppolicy: an administrator's permanent lock (draft-behera-ldap-password-policy 5.3.3).
 PERMANENT_LOCK = "000001010000Z"
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_LAST_SHADOW_DAY = (datetime.max.replace(tzinfo=timezone.utc) - _UNIX_EPOCH).days
 # RFC 4517 NameAndOptionalUID: a DN, optionally followed by "#" and a BitString ('0101'B).
 _OPTIONAL_UID_RE = re.compile(r"#'[01]*'B$")
 _CANONICAL_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -63,10 +64,12 @@ def shadow_expire(value: bytes | str | int | None) -> datetime | None:
 
     -1 (and any negative value) means never.  0 is ambiguous (shadow(5): "should not be used",
     read as never or as 1970-01-01 by different tools); it is read as never, so such an account
-    keeps being required rather than silently dropped from the count.
+    keeps being required rather than silently dropped from the count.  A day past the last one a
+    date can hold (year 9999; some tools write 2147483647, or 99999-style "far future" values) is
+    read as never too: the account does not expire in any time a report covers.
     """
     days = decode.integer(value)
-    if days is None or days <= 0:
+    if days is None or days <= 0 or days > _LAST_SHADOW_DAY:
         return None
     return _UNIX_EPOCH + timedelta(days=days)
 

@@ -18,6 +18,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Container, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import chain, islice
@@ -158,87 +159,88 @@ def run_sync(store: Store, directory: str, reader, *, inactive_after_days: int,
             session.expunge(watermark)
     log.info("sync.started", directory=directory, source=reader.describe())
     choice = ModeChoice()
-    if not tracks_usn:
-        choice.reason = None
-    elif force_full:
-        choice.reason = "full sync requested (--full)"
-    elif not incremental:
-        choice.reason = "incremental: false"
+    with _recorded(store, directory, sync_id, choice):
+        if not tracks_usn:
+            choice.reason = None
+        elif force_full:
+            choice.reason = "full sync requested (--full)"
+        elif not incremental:
+            choice.reason = "incremental: false"
 
-    def since(dc) -> int | None:
-        if tracks_usn and incremental and not force_full:
-            decided = choose_mode(watermark, dc, now=now, base_dn=reader.config.base_dn,
-                                  bind_dn=reader.config.bind_dn, full_sync_every=full_sync_every,
-                                  read_deleted=getattr(reader.config, "read_deleted", True))
-            choice.usn, choice.reason = decided.usn, decided.reason
-        return choice.usn
+        def since(dc) -> int | None:
+            if tracks_usn and incremental and not force_full:
+                decided = choose_mode(watermark, dc, now=now, base_dn=reader.config.base_dn,
+                                      bind_dn=reader.config.bind_dn, full_sync_every=full_sync_every,
+                                      read_deleted=getattr(reader.config, "read_deleted", True))
+                choice.usn, choice.reason = decided.usn, decided.reason
+            return choice.usn
 
-    if hasattr(reader, "stored_uids"):
-        reader.stored_uids = lambda: _stored_uids(store, directory)
-    for attempt in (1, 2):
+        if hasattr(reader, "stored_uids"):
+            reader.stored_uids = lambda: _stored_uids(store, directory)
+        for attempt in (1, 2):
+            try:
+                read = _Read(reader.read(since=since) if tracks_usn else reader.read(), progress)
+                # The reader decides the mode (calls ``since``) before its first entry.
+                head = list(islice(read, 1))
+                mode = "incremental" if choice.usn is not None else "full"
+                if mode == "incremental":
+                    entries: Iterable[DirectoryEntry] = head + list(read)  # all read before anything is applied
+            except CalAgentError as exc:
+                _failed(store, directory, sync_id, exc, choice)
+                raise
+            if mode == "incremental" and attempt == 1:
+                left = _left_scope(store, directory, getattr(reader, "out_of_scope", set()))
+                force = None
+                if left:
+                    # A complete read would no longer return them (-> missing): only a full read may say so.
+                    force = (f"{len(left)} principal(s) moved out of base_dn or out of the directory's filters since "
+                             f"the last sync (e.g. {sorted(left)[0]})")
+                elif getattr(reader, "tombstones_unreadable", False):
+                    # Without tombstones a deletion shows only as absence from a complete read.
+                    force = "the bind account cannot list CN=Deleted Objects, so only a complete read sees deletions"
+                if force:
+                    choice.usn, choice.reason = None, force
+
+                    def since(dc, force=force):  # noqa: F811  (the second attempt is a full read)
+                        choice.usn, choice.reason = None, force
+                        return None
+                    continue
+            break
+        if mode == "full":
+            # A complete read is applied as it streams, in the one transaction of apply_entries: a read
+            # failing half way rolls back what was written of it, as a failed apply would.
+            entries = chain(head, read)
+
+        def new_watermark() -> dict | None:  # known once the read is over (a generic LDAP read's newest stamp)
+            dc = getattr(reader, "dc", None) if tracks_usn else None
+            if dc is None or dc.invocation_id is None:
+                return None
+            return dict(dc_host=dc.host, invocation_id=dc.invocation_id, highest_usn=dc.highest_usn,
+                        base_dn=reader.config.base_dn, bind_dn=reader.config.bind_dn, synced_at=now,
+                        full_sync_at=now if mode == "full" else watermark.full_sync_at,
+                        tombstone_lifetime_days=dc.tombstone_lifetime_days)
+        log.info("sync.mode", directory=directory, mode=mode, reason=choice.reason)
         try:
-            read = _Read(reader.read(since=since) if tracks_usn else reader.read(), progress)
-            # The reader decides the mode (calls ``since``) before its first entry.
-            head = list(islice(read, 1))
-            mode = "incremental" if choice.usn is not None else "full"
-            if mode == "incremental":
-                entries: Iterable[DirectoryEntry] = head + list(read)  # all read before anything is applied
+            outcome = apply_entries(store, directory, sync_id, entries, inactive_after_days=inactive_after_days,
+                                    judge_at=judge_at, now=now, max_departures=max_departures,
+                                    accept_departures=accept_departures, incremental=mode == "incremental",
+                                    reason=choice.reason, watermark=new_watermark)
+        except DeparturesHeld as exc:
+            _finish(store, sync_id, status="held", error=str(exc), mode=mode, reason=choice.reason)
+            log.error("sync.held", directory=directory, error=str(exc))
+            raise
         except CalAgentError as exc:
+            if exc is not read.error:
+                raise
             _failed(store, directory, sync_id, exc, choice)
             raise
-        if mode == "incremental" and attempt == 1:
-            left = _left_scope(store, directory, getattr(reader, "out_of_scope", set()))
-            force = None
-            if left:
-                # A complete read would no longer return them (-> missing): only a full read may say so.
-                force = (f"{len(left)} principal(s) moved out of base_dn or out of the directory's filters since "
-                         f"the last sync (e.g. {sorted(left)[0]})")
-            elif getattr(reader, "tombstones_unreadable", False):
-                # Without tombstones a deletion shows only as absence from a complete read.
-                force = "the bind account cannot list CN=Deleted Objects, so only a complete read sees deletions"
-            if force:
-                choice.usn, choice.reason = None, force
-
-                def since(dc, force=force):  # noqa: F811  (the second attempt is a full read)
-                    choice.usn, choice.reason = None, force
-                    return None
-                continue
-        break
-    if mode == "full":
-        # A complete read is applied as it streams, in the one transaction of apply_entries: a read
-        # failing half way rolls back what was written of it, as a failed apply would.
-        entries = chain(head, read)
-
-    def new_watermark() -> dict | None:  # known once the read is over (a generic LDAP read's newest stamp)
-        dc = getattr(reader, "dc", None) if tracks_usn else None
-        if dc is None or dc.invocation_id is None:
-            return None
-        return dict(dc_host=dc.host, invocation_id=dc.invocation_id, highest_usn=dc.highest_usn,
-                    base_dn=reader.config.base_dn, bind_dn=reader.config.bind_dn, synced_at=now,
-                    full_sync_at=now if mode == "full" else watermark.full_sync_at,
-                    tombstone_lifetime_days=dc.tombstone_lifetime_days)
-    log.info("sync.mode", directory=directory, mode=mode, reason=choice.reason)
-    try:
-        outcome = apply_entries(store, directory, sync_id, entries, inactive_after_days=inactive_after_days,
-                                judge_at=judge_at, now=now, max_departures=max_departures,
-                                accept_departures=accept_departures, incremental=mode == "incremental",
-                                reason=choice.reason, watermark=new_watermark)
-    except DeparturesHeld as exc:
-        _finish(store, sync_id, status="held", error=str(exc), mode=mode, reason=choice.reason)
-        log.error("sync.held", directory=directory, error=str(exc))
-        raise
-    except CalAgentError as exc:
-        if exc is not read.error:
-            raise
-        _failed(store, directory, sync_id, exc, choice)
-        raise
-    finally:
-        read.close()  # a store error half way: the directory connection is let go of now
-    log.info("sync.finished", directory=directory, mode=mode, reason=choice.reason, read=outcome.read,
-             users=outcome.users, groups=outcome.groups,
-             computers=outcome.computers, tombstones=outcome.tombstones, changes=outcome.changes,
-             **{f"events_{k}": v for k, v in outcome.events.items()})
-    return outcome
+        finally:
+            read.close()  # a store error half way: the directory connection is let go of now
+        log.info("sync.finished", directory=directory, mode=mode, reason=choice.reason, read=outcome.read,
+                 users=outcome.users, groups=outcome.groups,
+                 computers=outcome.computers, tombstones=outcome.tombstones, changes=outcome.changes,
+                 **{f"events_{k}": v for k, v in outcome.events.items()})
+        return outcome
 
 
 class _Read:
@@ -280,6 +282,24 @@ class _Read:
         for guid, entry in tombstones.items():
             if guid not in live:
                 yield entry
+
+
+@contextmanager
+def _recorded(store: Store, directory: str, sync_id: int, choice: ModeChoice) -> Iterator[None]:
+    """An unexpected error (a bug, a value no decoder foresaw) fails this directory's sync like a
+    failed read: the run is recorded as failed instead of staying "running" for good, the store is
+    as it was (apply_entries rolled back), and the other directories of the cycle still sync."""
+    try:
+        yield
+    except CalAgentError:
+        raise  # recorded where it was raised
+    except Exception as exc:  # noqa: BLE001 - turned into the directory's failure, traceback logged
+        log.exception("sync.crashed", directory=directory)
+        error = DirectoryError(f"{directory}: the sync stopped on an unexpected error ({type(exc).__name__}: {exc}); "
+                               "the read was discarded, nothing was changed",
+                               hint="this is a bug in cal-agent: please report it with the log's traceback")
+        _failed(store, directory, sync_id, error, choice)
+        raise error from exc
 
 
 def _failed(store: Store, directory: str, sync_id: int, exc: CalAgentError, choice: ModeChoice) -> None:
