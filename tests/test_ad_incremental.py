@@ -283,3 +283,95 @@ def test_urls_fail_over_to_the_next_dc_and_a_new_dc_means_a_full_sync(estate):
         session.execute(update(DirectoryWatermark).values(dc_host="dc2.corp.example.com"))
     out, _ = estate.sync()
     assert out.mode == "full" and "a different DC: dc1." in out.reason
+
+
+# Found in review (2026-12-02): containers moving principals along, tree deletes, ranged members
+# read mid-page, a primary group moved into base_dn.
+
+def test_renaming_an_ou_inside_base_dn_keeps_incremental_equal_to_a_full_read(estate):
+    """Renaming (or moving) an OU changes the DN of every object below it, but not their
+    uSNChanged: only the OU's (found in review).  A changed group listing one of them must keep it as a member."""
+    dc, t = estate.dc, estate.tag
+    _first, store = estate.sync()
+    staff2 = dc.rename(estate.staff, f"Staff2-{t}")
+    dc.add_members(estate.group["a"], [f"CN=cat-{t},{staff2}"])  # GA changes: re-read with its members
+    inc, _ = estate.sync()
+    assert inc.mode == "incremental"
+    _full, fresh = estate.sync("fresh.db")
+    mine, theirs = snapshot(store), snapshot(fresh)
+    guid = {v[1]: g for g, v in theirs["live"].items()}
+    # ann is still a member of GA (she was not removed), cat was added
+    assert (guid[f"GA-{t}"], guid[f"ann-{t}"], False) in theirs["members"]
+    assert (guid[f"GA-{t}"], guid[f"ann-{t}"], False) in mine["members"], "ann lost her GA membership"
+    assert (guid[f"GA-{t}"], guid[f"cat-{t}"], False) in mine["members"], "cat's new GA membership not stored"
+    assert mine == theirs
+
+
+def test_moving_an_ou_out_of_base_dn_is_noticed_by_an_incremental_sync(estate):
+    """The users of an OU moved out of base_dn are gone for a complete read (missing); an
+    incremental sync does not see them change (their uSNChanged did not move)."""
+    dc, t = estate.dc, estate.tag
+    _first, store = estate.sync()
+    outside = dc.add_ou(f"outside-{t}")  # a sibling of base_dn, not under it
+    dc.move(estate.staff, outside)
+    inc, _ = estate.sync()
+    _full, fresh = estate.sync("fresh.db")
+    assert fresh is not None and _full.users == 0
+    assert inc.users == _full.users, (inc.mode, inc.reason, inc.users)
+
+
+def test_users_deleted_with_their_ou_are_deleted_not_missing(estate):
+    """A tree delete of an OU: the children's lastKnownParent is the OU's own tombstone
+    (OU=Staff\\0ADEL:...,CN=Deleted Objects,...), which the reader takes for "outside base_dn"."""
+    dc, t = estate.dc, estate.tag
+    _first, store = estate.sync()
+    guid = dc.get_guid(estate.dn["ann"])
+    dc.delete(estate.staff, tree=True)
+    assert "CN=Deleted Objects" in dc.find_tombstone(guid)["lastKnownParent"][0]
+    inc, _ = estate.sync()
+    got = events(store, inc.sync_id)
+    assert ("state", f"ann-{t}", "deleted") in got, (inc.mode, inc.reason, sorted(got))
+
+
+def test_a_ranged_member_read_does_not_end_the_paged_search(estate, monkeypatch):
+    """AD returns a big group's `member` as `member;range=0-1499` (MaxValRange); the reader then
+    fetches the rest with base searches on the same connection *while the page's entries are being
+    handed out*.  Samba does not range unasked, so its answer is ranged here as AD's would be (at 1
+    value: MaxValRange 1500 would need 1501 members).  The paged search must go on to its next page."""
+    from agent.directory import wire
+
+    real = wire.search_page
+
+    def ad_like(*args, **kwargs):
+        for dn, attrs in real(*args, **kwargs):
+            members = attrs.get("member")
+            if members and len(members) > 1:
+                attrs = {k: v for k, v in attrs.items() if k != "member"}
+                attrs["member;range=0-0"] = members[:1]
+            yield dn, attrs
+
+    _plain, plain_store = estate.sync("plain.db", page_size=2)
+    assert _plain.users == 6
+    monkeypatch.setattr(wire, "search_page", ad_like)
+    ranged, store = estate.sync(page_size=2)
+    assert (ranged.users, ranged.groups) == (6, 3), (ranged.users, ranged.groups, ranged.events)
+    assert snapshot(store) == snapshot(plain_store)
+
+
+def test_a_group_moved_into_base_dn_gets_its_primary_group_members(estate):
+    """ben's primary group is outside base_dn at the first sync; then the group is moved in.  A
+    complete read links ben to it (via primaryGroupID); the incremental read must too."""
+    dc, t = estate.dc, estate.tag
+    outside = dc.add_ou(f"pg-outside-{t}")
+    group = dc.add_group(f"GP-{t}", outside, [estate.dn["ben"]])
+    dc.set_primary_group(estate.dn["ben"], group)
+    _first, store = estate.sync()
+    dc.move(group, estate.groups)
+    inc, _ = estate.sync()
+    assert inc.mode == "incremental"
+    _full, fresh = estate.sync("fresh.db")
+    theirs, mine = snapshot(fresh), snapshot(store)
+    guid = {v[1]: g for g, v in theirs["live"].items()}
+    assert (guid[f"GP-{t}"], guid[f"ben-{t}"], True) in theirs["members"]
+    assert (guid[f"GP-{t}"], guid[f"ben-{t}"], True) in mine["members"], "ben's primary-group link missing"
+    assert mine == theirs

@@ -34,6 +34,7 @@ from agent.config import ActiveDirectoryConfig
 from agent.directory import decode, wire
 from agent.directory.ad_entries import (
     AD_ATTRIBUTES,
+    AD_CONTAINER_FILTER,
     AD_PRINCIPAL_FILTER,
     AD_TOMBSTONE_ATTRIBUTES,
     AD_TOMBSTONE_FILTER,
@@ -239,6 +240,7 @@ class ActiveDirectoryReader:
                     base = self.dc.naming_context
                 principal_filter = f"(&(uSNChanged>={usn}){AD_PRINCIPAL_FILTER})"
                 tombstone_filter = f"(&(isDeleted=TRUE)(uSNChanged>={usn})(|(objectClass=user)(objectClass=group)))"
+            read: set[str] | None = set() if usn is not None else None  # GUIDs an incremental read returned
             for dn, raw, page_count in self._paged_search(conn, base, principal_filter, AD_ATTRIBUTES):
                 pages = max(pages, page_count)
                 if base != self.config.base_dn and not decode.dn_is_under(dn, self.config.base_dn):
@@ -246,12 +248,28 @@ class ActiveDirectoryReader:
                     if guid:
                         self.out_of_scope.add(str(uuid.UUID(bytes_le=bytes(guid[0]))))
                     continue
-                raw = self._complete_ranges(conn, dn, raw)
-                entry = self._entry(dn, raw)
-                if entry is None or entry.deleted:
-                    continue
-                counts[entry.kind] += 1
-                yield entry
+                entry = self._principal(conn, dn, raw, read)
+                if entry is not None:
+                    counts[entry.kind] += 1
+                    yield entry
+            if usn is not None:
+                # A renamed or moved OU changes the DN of everything below it, but only its own
+                # uSNChanged: what lies under a changed container is read again (inside base_dn) or
+                # checked for principals that left base_dn with it (outside).
+                for container, inside in self._changed_containers(conn, base, usn):
+                    searches += 1
+                    if inside:
+                        for dn, raw, _page in self._paged_search(conn, container, AD_PRINCIPAL_FILTER, AD_ATTRIBUTES):
+                            entry = self._principal(conn, dn, raw, read)
+                            if entry is not None:
+                                counts[entry.kind] += 1
+                                yield entry
+                    else:
+                        for _dn, raw, _page in self._paged_search(conn, container, AD_PRINCIPAL_FILTER,
+                                                                  ["objectGUID"]):
+                            guid = raw.get("objectGUID") or raw.get("objectguid")
+                            if guid and len(guid[0]) == 16:
+                                self.out_of_scope.add(str(uuid.UUID(bytes_le=bytes(guid[0]))))
             if self.config.read_deleted:
                 for entry in self._read_tombstones(conn, tombstone_filter):
                     tombstones += 1
@@ -402,10 +420,13 @@ class ActiveDirectoryReader:
                     f"{', '.join(sorted(set(references)))}); the read is incomplete and was discarded",
                     hint="set base_dn to a subtree this server holds entirely, and add the other server as a "
                     "directory of its own")
-            for dn, attrs in entries:
-                yield dn, attrs, page
+            # The cookie is taken before the entries go out: a ranged read of one of them searches on
+            # this connection and replaces conn.result, and its missing paging control read as "last
+            # page" once ended a complete read after the first page holding a big group.
             control = (conn.result.get("controls") or {}).get(PAGED_RESULTS_OID) or {}
             previous, cookie = cookie, (control.get("value") or {}).get("cookie")
+            for dn, attrs in entries:
+                yield dn, attrs, page
             if not cookie:
                 return
             # Samba hands out the same cookie for every page of a search (a handle, not a position),
@@ -414,6 +435,35 @@ class ActiveDirectoryReader:
             if cookie == previous and not entries:
                 raise DirectoryError(f"{self.config.url}: the server returned an empty page and the same paging "
                                      "cookie; read discarded")
+
+    def _principal(self, conn: ldap3.Connection, dn: str, raw: dict[str, list[bytes]],
+                   read: set[str] | None) -> DirectoryEntry | None:
+        """The live principal of one search entry (ranged values completed), or None; with ``read``
+        (an incremental read), None for a GUID already returned."""
+        raw = self._complete_ranges(conn, dn, raw)
+        entry = self._entry(dn, raw)
+        if entry is None or entry.deleted:
+            return None
+        if read is not None:
+            if entry.guid in read:
+                return None
+            read.add(entry.guid)
+        return entry
+
+    def _changed_containers(self, conn: ldap3.Connection, base: str, usn: int) -> list[tuple[str, bool]]:
+        """Containers changed since ``usn`` whose subtree may hold principals that moved with them:
+        (DN, under base_dn), outermost first, one per subtree; base_dn and its ancestors left out
+        (a rename of those makes base_dn itself unknown, which the read reports)."""
+        search_filter = f"(&(uSNChanged>={usn}){AD_CONTAINER_FILTER})"
+        found = [dn for dn, _raw, _page in self._paged_search(conn, base, search_filter, ["objectGUID"])]
+        chosen: list[tuple[str, bool]] = []
+        for dn in sorted(found, key=lambda d: len(decode.dn_parts(d))):
+            if decode.dn_is_under(self.config.base_dn, dn):
+                continue  # base_dn or above it
+            if any(decode.dn_is_under(dn, outer) for outer, _inside in chosen):
+                continue  # read with the container it is in
+            chosen.append((dn, decode.dn_is_under(dn, self.config.base_dn)))
+        return chosen
 
     def _complete_ranges(self, conn: ldap3.Connection, dn: str, raw: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
         """AD returns at most MaxValRange (1500) values of ``member`` and names the attribute
@@ -439,11 +489,12 @@ class ActiveDirectoryReader:
         base = f"CN=Deleted Objects,{naming_context}"
         try:
             seen = 0
+            parents: dict[str, str | None] = {}  # a deleted container's tombstone DN: where it lived
             for dn, raw, _page in self._paged_search(conn, base, search_filter, AD_TOMBSTONE_ATTRIBUTES,
                                                      scope=ldap3.LEVEL,
                                                      controls=[(SHOW_DELETED_OID, True, None)]):
                 seen += 1
-                parent = tombstone_parent(raw)
+                parent = self._live_parent(conn, tombstone_parent(raw), base, parents)
                 if parent and not decode.dn_is_under(parent, self.config.base_dn):
                     guid = raw.get("objectGUID") or []
                     if guid and len(guid[0]) == 16:
@@ -470,6 +521,26 @@ class ActiveDirectoryReader:
                 error=_ldap_reason(exc),
                 consequence="deleted principals will be reported as missing instead of deleted",
             )
+
+    def _live_parent(self, conn: ldap3.Connection, parent: str | None, deleted_objects: str,
+                     parents: dict[str, str | None]) -> str | None:
+        """Where a tombstone lived: its lastKnownParent, or, when that is itself a tombstone (an OU
+        deleted with what it held: a tree delete), that tombstone's own lastKnownParent, and so on."""
+        for _depth in range(64):
+            if not parent or not decode.dn_is_under(parent, deleted_objects):
+                return parent
+            if parent not in parents:
+                attrs = ["lastKnownParent"]
+                self._log_search(parent, "(objectClass=*)", attrs, scope="base", show_deleted=True)
+                conn.search(parent, "(objectClass=*)", ldap3.BASE, attributes=attrs,
+                            controls=[(SHOW_DELETED_OID, True, None)])
+                found = None
+                for item in conn.response or []:
+                    if item.get("type") == "searchResEntry":
+                        found = tombstone_parent(item["raw_attributes"])
+                parents[parent] = found
+            parent = parents[parent]
+        return parent
 
     def _deleted_objects_readable(self, conn: ldap3.Connection, base: str) -> bool:
         self._log_search(base, "(objectClass=*)", ["isDeleted"], scope="base", show_deleted=True)

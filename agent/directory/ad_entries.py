@@ -55,6 +55,11 @@ AD_TOMBSTONE_ATTRIBUTES = (
 
 AD_PRINCIPAL_FILTER = "(|(objectClass=user)(objectClass=group))"
 AD_TOMBSTONE_FILTER = "(&(isDeleted=TRUE)(|(objectClass=user)(objectClass=group)))"
+# What can hold users, groups and computers: OUs, containers (CN=Users, CN=Computers...), the
+# Builtin domain and LostAndFound.  Their renames and moves carry principals along unchanged.
+# Group Policy objects are containers too, edited often and never holding principals.
+AD_CONTAINER_FILTER = ("(&(|(objectClass=organizationalUnit)(objectClass=container)(objectClass=builtinDomain)"
+                       "(objectClass=lostAndFound))(!(objectClass=groupPolicyContainer)))")
 
 RawAttributes = Mapping[str, Sequence[bytes]]
 

@@ -893,6 +893,8 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
         group_by_sid = {sid: pid for sid, pid in conn.execute(stmt)}
     # posixGroup primary links are recomputed from the stored gidNumbers below, not from this read.
     wanted, _unresolved = _wanted_links(links, rows, by_dn, group_by_sid, {})
+    _primary_ad_members(conn, live, [e for e in entries if not e.deleted and e.kind is EntryKind.GROUP and e.sid],
+                        rows, wanted)
     # A changed posixGroup's primary members are recomputed from the stored gidNumbers, and so is
     # the primary group of every user it held that way (its gidNumber may have moved away); AD
     # groups' primary links come from their members' primaryGroupID and stay.
@@ -926,6 +928,24 @@ def _sync_memberships_incremental(conn, directory: str, entries: list[DirectoryE
     # still listed in `member`): only then does via_primary turn off.
     wanted_now = {**wanted, **{key: True for key in flips_back}}
     _apply_memberships(conn, current, wanted_now, drop)
+
+
+def _primary_ad_members(conn, live, groups: list[DirectoryEntry], rows: dict[str, _Kept],
+                        wanted: dict[tuple[int, int], bool]) -> None:
+    """AD, incremental: the stored principals whose primaryGroupID names a changed group get their
+    primary link to it (a complete read makes it from each member's primaryGroupID).  A group moved
+    into base_dn, or re-created, has unchanged primary members whose own uSNChanged did not move."""
+    by_sid = {entry.sid: rows[entry.guid].id for entry in groups}
+    rids = sorted({int(rid) for sid in by_sid for rid in [sid.rpartition("-")[2]] if rid.isdigit()})
+    p = _PRINCIPALS.c
+    for start in range(0, len(rids), _BATCH):  # one query for them all: a scan, not one per group
+        stmt = select(p.id, p.sid, p.primary_group_id).where(
+            live, p.kind != EntryKind.GROUP.value, p.primary_group_id.in_(rids[start:start + _BATCH]),
+            p.sid.is_not(None))
+        for member_id, sid, rid in conn.execute(stmt):
+            group_id = by_sid.get(f"{sid.rpartition('-')[0]}-{rid}")
+            if group_id is not None:
+                wanted[(group_id, member_id)] = True
 
 
 def _primary_posix_groups(conn, directory: str, entries: list[DirectoryEntry], rows: dict[str, _Kept],
